@@ -1,0 +1,27 @@
+// Small whole-buffer operations the layers compose with: residual adds and copies.
+#pragma once
+
+#include <cstdint>
+
+#include "dsx/backend/host/host.hpp"
+#include "dsx/core/numeric.hpp"
+
+namespace dsx::backend {
+
+// y += x, n elements.
+template <class T>
+void add_into(host&, T* y, const T* x, std::int64_t n) {
+  using A = accum_t<T>;
+#pragma omp parallel for schedule(static)
+  for (std::int64_t i = 0; i < n; ++i) y[i] = T(A(y[i]) + A(x[i]));
+}
+
+// y = x for a strided block of rows: (rows, cols) with row strides.
+template <class T>
+void copy_rows(host&, T* y, std::int64_t y_stride, const T* x, std::int64_t x_stride, std::int64_t rows, std::int64_t cols) {
+#pragma omp parallel for schedule(static)
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::int64_t i = 0; i < cols; ++i) y[r * y_stride + i] = x[r * x_stride + i];
+}
+
+}  // namespace dsx::backend
