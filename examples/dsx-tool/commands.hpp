@@ -1,0 +1,86 @@
+// The subcommands of dsx-<model>, each a function template over the compiled configuration.
+#pragma once
+
+#include <fmt/core.h>
+
+#include <filesystem>
+#include <string>
+
+#include "dsx/backend/host/all.hpp"
+#include "dsx/config/counts.hpp"
+#include "dsx/config/presets.hpp"
+#include "dsx/model/golden.hpp"
+
+namespace dsx::tool {
+
+inline const char* score_name(score_fn s) { return s == score_fn::sigmoid ? "sigmoid" : "softmax"; }
+
+// Bytes in the largest binary unit that keeps the number at least 1.
+inline std::string human_bytes(std::int64_t bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = double(bytes);
+  int u = 0;
+  while (v >= 1024.0 && u < 4) v /= 1024.0, ++u;
+  return fmt::format("{:.2f} {}", v, units[u]);
+}
+
+// `info`: the configuration, then the counts one per line as `key value`, then the memory plan.
+template <model_config C>
+int info(const char* name, std::int64_t seq) {
+  static constexpr std::int64_t total = params_total(C), activated = params_activated(C), mtp = params_mtp(C);
+  fmt::print("model {}\n", name);
+  fmt::print("vocab {}  hidden {}  layers {} ({} dense, FFN {})  max_positions {}  rms_eps {}\n", C.vocab, C.hidden,
+             C.layers, C.dense_layers, C.dense_inter, C.max_positions, C.rms_eps);
+  fmt::print("mla: heads {}  q_lora {}  kv_lora {}  nope {}  rope {}  v {}\n", C.mla.heads, C.mla.q_lora,
+             C.mla.kv_lora, C.mla.nope, C.mla.rope, C.mla.v);
+  if (C.moe.routed > 0)
+    fmt::print("moe: routed {}  shared {}  top_k {}  groups {} (keep {})  score {}  norm_topk {}  route_scale {}  "
+               "bias {}  expert FFN {}\n",
+               C.moe.routed, C.moe.shared, C.moe.top_k, C.moe.groups, C.moe.top_groups, score_name(C.moe.score),
+               C.moe.norm_topk, C.moe.route_scale, C.moe.bias, C.moe.inter);
+  fmt::print("rope: theta {}", C.rope.theta);
+  if (C.rope.yarn.active())
+    fmt::print("  yarn factor {} original {} beta {}/{} mscale {} mscale_all_dim {}", C.rope.yarn.factor,
+               C.rope.yarn.original_max_positions, C.rope.yarn.beta_fast, C.rope.yarn.beta_slow, C.rope.yarn.mscale,
+               C.rope.yarn.mscale_all_dim);
+  fmt::print("\nmtp_depth {}\n", C.mtp_depth);
+  fmt::print("total_params {}\n", total);
+  fmt::print("activated_params {}\n", activated);
+  fmt::print("mtp_params {}\n", mtp);
+  const auto f = forward_flops(C, seq);
+  fmt::print("forward_flops_per_token {} (matmul {}, attention {} at seq {})\n", f.forward(), f.matmul, f.attention, seq);
+  fmt::print("training_flops_per_token {}\n", f.training());
+  fmt::print("memory plan (weights + grads + master + moments):\n");
+  auto row = [](const char* policy, const memory_plan& m) {
+    fmt::print("  {:8} weights {}  grads {}  master {}  moments {}  total {}\n", policy, human_bytes(m.weights), human_bytes(m.grads),
+               human_bytes(m.master), human_bytes(m.moments), human_bytes(m.total()));
+  };
+  row("f32", plan_memory(C, precision::f32));
+  row("bf16", plan_memory(C, precision::bf16));
+  row("bf16_v3", plan_memory(C, precision::bf16_v3));
+  return 0;
+}
+
+// `verify`: every golden check in f64 and f32 on the host backend; one line per check; non-zero exit
+// status when any check misses its tolerance.
+template <model_config C>
+int verify(const std::filesystem::path& model_dir, const std::filesystem::path& golden) {
+  backend::host be;
+  int failed = 0;
+  auto report = [&](const char* precision_name, const std::vector<golden_check>& checks) {
+    for (const auto& c : checks) {
+      if (c.exact)
+        fmt::print("{:4} {:60} mismatches {}  {}\n", precision_name, c.name, c.error, c.passed ? "ok" : "FAILED");
+      else
+        fmt::print("{:4} {:60} max_rel_error {:.3e}  tolerance {:.0e}  {}\n", precision_name, c.name, c.error,
+                   c.tolerance, c.passed ? "ok" : "FAILED");
+      failed += !c.passed;
+    }
+  };
+  report("f64", verify_golden<C, precision::f64>(be, model_dir, golden, 1e-6));
+  report("f32", verify_golden<C, precision::f32>(be, model_dir, golden, 1e-4));
+  fmt::print("{} checks failed\n", failed);
+  return failed == 0 ? 0 : 2;
+}
+
+}  // namespace dsx::tool

@@ -1,0 +1,391 @@
+// dsx::transformer — the DeepSeek-V2/V3 decoder stack for one configuration, precision policy and
+// backend, composed from the layers:
+//
+//   h₀ = embed(tokens)
+//   for l in layers:  u = h + MLA(attn_norm(h));  h = u + FFN(ffn_norm(u))     (FFN = SwiGLU or MoE)
+//   logits = head(norm(h));  loss = mean next-token cross-entropy
+//
+// The configuration is a template argument, so an invalid one fails to compile and every count is a
+// constant; batch and sequence length are run-time values bounded by the sizes given at construction,
+// from which one activation arena is planned. Parameters and gradients are two flat buffers laid out by
+// model/params.hpp. All tensor memory belongs to the backend; the host only sees tokens, losses and
+// whatever it explicitly downloads.
+//
+// The layer stack is a range [first_layer, last_layer) so that a pipeline stage later owns a sub-range;
+// this version runs the single-rank layout (all layers, all experts local).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "dsx/config/checks.hpp"
+#include "dsx/config/counts.hpp"
+#include "dsx/config/precision.hpp"
+#include "dsx/core/arena.hpp"
+#include "dsx/core/error.hpp"
+#include "dsx/layers/mla.hpp"
+#include "dsx/layers/mlp.hpp"
+#include "dsx/layers/moe.hpp"
+#include "dsx/layers/rope.hpp"
+#include "dsx/model/params.hpp"
+
+namespace dsx {
+
+template <model_config C, precision_policy P, class Backend>
+class transformer {
+  static_assert(validate(C), "dsx::transformer: invalid model_config");
+  static_assert(P.param == P.activation && P.param == P.grad,
+                "dsx::transformer: this version keeps weights, activations and gradients in one storage type "
+                "(precision::f64 or precision::f32)");
+
+ public:
+  using backend_type = Backend;
+  using T = storage_t<P.param>;
+  using A = accum_t<T>;
+  static constexpr model_config config = C;
+  static constexpr precision_policy precision = P;
+
+  // Plans memory for up to `max_batch` sequences of up to `max_seq` tokens.
+  transformer(Backend& be, std::int64_t max_batch, std::int64_t max_seq)
+      : be_(be), table_(C), max_batch_(max_batch), max_seq_(max_seq) {
+    require(max_batch > 0 && max_seq > 0, "transformer: batch and sequence length must be positive");
+    require(max_seq <= C.max_positions, "transformer: sequence length " + std::to_string(max_seq) +
+                                            " exceeds max_positions " + std::to_string(C.max_positions));
+    params_ = arena<Backend>(be_, std::size_t(table_.size()) * sizeof(T));
+    grads_ = arena<Backend>(be_, std::size_t(table_.size()) * sizeof(T));
+    be_.fill_zero(params_.data(), params_.bytes());
+    zero_grad();
+    upload_rope_table();
+    plan_activations();
+  }
+
+  const param_table& params() const { return table_; }
+  T* param_data() { return reinterpret_cast<T*>(params_.data()); }
+  T* grad_data() { return reinterpret_cast<T*>(grads_.data()); }
+  Backend& backend() { return be_; }
+  std::int64_t max_batch() const { return max_batch_; }
+  std::int64_t max_seq() const { return max_seq_; }
+
+  void zero_grad() { be_.fill_zero(grads_.data(), grads_.bytes()); }
+
+  // Copies one tensor (host memory, numel elements of T) into the parameter buffer.
+  void set_param(const param_table::entry& e, std::span<const T> host_values) {
+    require(std::int64_t(host_values.size()) == e.spec.numel(),
+            "transformer: tensor " + e.name + " expects " + std::to_string(e.spec.numel()) + " values, got " +
+                std::to_string(host_values.size()));
+    be_.upload(param_data() + e.offset, host_values.data(), host_values.size() * sizeof(T));
+  }
+  std::vector<T> get_param(const param_table::entry& e) { return download(param_data() + e.offset, e.spec.numel()); }
+  std::vector<T> get_grad(const param_table::entry& e) { return download(grad_data() + e.offset, e.spec.numel()); }
+
+  // Forward pass over `batch` rows of `seq` tokens (host memory, row-major). With `with_loss`, returns
+  // the mean cross-entropy of predicting token t+1 at position t (batch·(seq−1) positions) and keeps
+  // what backward() needs; otherwise returns 0 and only the logits are computed.
+  double forward(std::span<const std::int32_t> tokens, std::int64_t batch, std::int64_t seq, bool with_loss = true) {
+    check_tokens(tokens, batch, seq);
+    batch_ = batch;
+    seq_ = seq;
+    const std::int64_t n = batch * seq, d = C.hidden;
+    be_.upload(tokens_, tokens.data(), std::size_t(n) * sizeof(std::int32_t));
+    embedding_forward(be_, res_[0], param(param_kind::embed), tokens_, n, d);  // (N, d)
+    for (int l = 0; l < C.layers; ++l) block_forward(l, n);
+    final_forward(n);
+    if (!with_loss) return 0.0;
+    std::vector<std::int32_t> targets(std::size_t(n), -1);
+    for (std::int64_t b = 0; b < batch; ++b)
+      for (std::int64_t t = 0; t + 1 < seq; ++t) targets[std::size_t(b * seq + t)] = tokens[std::size_t(b * seq + t + 1)];
+    be_.upload(targets_, targets.data(), targets.size() * sizeof(std::int32_t));
+    const std::int64_t counted = batch * (seq - 1);
+    require(counted > 0, "transformer: a loss needs sequences of at least 2 tokens");
+    cross_entropy(be_, row_loss_, dlogits_, logits_, targets_, n, std::int64_t(C.vocab), 1.0 / double(counted));
+    const auto losses = download(row_loss_, n);
+    double sum = 0;
+    for (A v : losses) sum += double(v);
+    have_loss_ = true;
+    return sum / double(counted);
+  }
+
+  // Accumulates d(loss)/d(parameters) of the last forward(with_loss = true) into the gradient buffer.
+  void backward() {
+    require(have_loss_, "transformer: backward() needs a forward() with loss first");
+    const std::int64_t n = batch_ * seq_, d = C.hidden;
+    // head: logits = xf · W_headᵀ
+    gemm(be_, true, false, C.vocab, d, n, 1.0, dlogits_, C.vocab, xf_, d, 1.0, grad(param_kind::head), d);
+    gemm(be_, false, false, n, d, C.vocab, 1.0, dlogits_, C.vocab, param(param_kind::head), d, 0.0, dxn_, d);
+    rmsnorm_backward(be_, dres_, d, grad(param_kind::final_norm), dxn_, d, res_[C.layers], d,
+                     param(param_kind::final_norm), rstd_f_, n, d, false);
+    for (int l = C.layers - 1; l >= 0; --l) block_backward(l, n);
+    embedding_backward(be_, grad(param_kind::embed), dres_, tokens_, n, d);
+    have_loss_ = false;
+  }
+
+  // Logits of the last forward: (batch, seq, vocab).
+  std::vector<T> logits() { return download(logits_, batch_ * seq_ * C.vocab); }
+
+  // Routed experts chosen in MoE layer `layer` by the last forward: (batch·seq, top_k), as the layer
+  // produced them.
+  std::vector<std::int32_t> routed_experts(int layer) {
+    require(C.is_moe_layer(layer), "transformer: layer " + std::to_string(layer) + " is not an MoE layer");
+    const auto& m = *blocks_[std::size_t(layer)].sparse;
+    std::vector<std::int32_t> out(std::size_t(batch_ * seq_ * C.moe.top_k));
+    be_.download(out.data(), m.topk_indices(), out.size() * sizeof(std::int32_t));
+    return out;
+  }
+
+  // Greedy decoding through the latent KV cache: prefill `prompt_len` tokens of each of `batch` rows,
+  // then append `new_tokens` argmax tokens one at a time. Returns (batch, new_tokens).
+  std::vector<std::int32_t> generate_greedy(std::span<const std::int32_t> prompt, std::int64_t batch,
+                                            std::int64_t prompt_len, std::int64_t new_tokens) {
+    const std::int64_t cap = prompt_len + new_tokens;
+    require(batch <= max_batch_ && cap <= max_seq_,
+            "generate: batch " + std::to_string(batch) + " × length " + std::to_string(cap) +
+                " exceeds the planned " + std::to_string(max_batch_) + " × " + std::to_string(max_seq_));
+    check_tokens(prompt, batch, prompt_len);
+    const std::int64_t d = C.hidden, lat = C.mla.kv_lora, rope = C.mla.rope;
+    arena<Backend> cache_mem(be_, std::size_t(C.layers * batch * cap * (lat + rope)) * sizeof(T));
+    std::vector<mla_cache<T>> caches;
+    for (int l = 0; l < C.layers; ++l) {
+      T* base = reinterpret_cast<T*>(cache_mem.data()) + l * batch * cap * (lat + rope);
+      caches.push_back(mla_cache<T>{base, base + batch * cap * lat, cap});
+    }
+    std::vector<std::int32_t> out(std::size_t(batch * new_tokens));
+    std::vector<std::int32_t> step(prompt.begin(), prompt.end());
+    std::int64_t pos = 0, len = prompt_len;
+    for (std::int64_t i = 0; i < new_tokens; ++i) {
+      const std::int64_t n = batch * len;
+      be_.upload(tokens_, step.data(), std::size_t(n) * sizeof(std::int32_t));
+      embedding_forward(be_, res_[0], param(param_kind::embed), tokens_, n, d);
+      for (int l = 0; l < C.layers; ++l) block_decode(l, batch, len, pos, caches[std::size_t(l)]);
+      final_forward(n);
+      const auto lg = download(logits_, n * C.vocab);
+      step.assign(std::size_t(batch), 0);
+      for (std::int64_t b = 0; b < batch; ++b) {
+        const T* row = lg.data() + ((b + 1) * len - 1) * C.vocab;  // last position of row b
+        step[std::size_t(b)] = std::int32_t(std::max_element(row, row + C.vocab) - row);
+        out[std::size_t(b * new_tokens + i)] = step[std::size_t(b)];
+      }
+      pos += len;
+      len = 1;
+    }
+    return out;
+  }
+
+ private:
+  struct block {
+    mla<T> attn;
+    std::optional<mlp<T>> dense;
+    std::optional<moe<T>> sparse;
+    T* xn1 = nullptr;  // (N, d) attn_norm(h)
+    A* rstd1 = nullptr;
+    T* mid = nullptr;  // (N, d) u = h + attention
+    T* xn2 = nullptr;  // (N, d) ffn_norm(u)
+    A* rstd2 = nullptr;
+  };
+
+  const T* param(param_kind k, int layer = -1, int expert = -1) const {
+    return reinterpret_cast<const T*>(params_.data()) + table_.offset(k, layer, expert);
+  }
+  T* grad(param_kind k, int layer = -1, int expert = -1) {
+    return grad_data() + table_.offset(k, layer, expert);
+  }
+  template <class Ptr>
+  static Ptr at(Ptr base, std::int64_t offset) { return offset < 0 ? nullptr : base + offset; }
+
+  mla_weights<T> attn_weights(int l) const {
+    const T* p = reinterpret_cast<const T*>(params_.data());
+    auto o = [&](param_kind k) { return at(p, table_.offset_or_none(k, l)); };
+    return {o(param_kind::q_proj), o(param_kind::q_a_proj), o(param_kind::q_a_norm), o(param_kind::q_b_proj),
+            o(param_kind::kv_a_proj), o(param_kind::kv_a_norm), o(param_kind::kv_b_proj), o(param_kind::o_proj)};
+  }
+  mla_grads<T> attn_grads(int l) {
+    T* p = grad_data();
+    auto o = [&](param_kind k) { return at(p, table_.offset_or_none(k, l)); };
+    return {o(param_kind::q_proj), o(param_kind::q_a_proj), o(param_kind::q_a_norm), o(param_kind::q_b_proj),
+            o(param_kind::kv_a_proj), o(param_kind::kv_a_norm), o(param_kind::kv_b_proj), o(param_kind::o_proj)};
+  }
+  // gate_proj and up_proj are adjacent in the parameter buffer (config/param_spec.hpp order).
+  mlp_weights<T> dense_weights(int l) const { return {param(param_kind::mlp_gate, l), param(param_kind::mlp_down, l)}; }
+  mlp_grads<T> dense_grads(int l) { return {grad(param_kind::mlp_gate, l), grad(param_kind::mlp_down, l)}; }
+  moe_weights<T> sparse_weights(int l) const {
+    const T* p = reinterpret_cast<const T*>(params_.data());
+    return {param(param_kind::router, l), at(p, table_.offset_or_none(param_kind::router_bias, l)),
+            param(param_kind::expert_gate, l, 0), at(p, table_.offset_or_none(param_kind::shared_gate, l)),
+            at(p, table_.offset_or_none(param_kind::shared_down, l))};
+  }
+  moe_grads<T> sparse_grads(int l) {
+    T* p = grad_data();
+    return {grad(param_kind::router, l), grad(param_kind::expert_gate, l, 0),
+            at(p, table_.offset_or_none(param_kind::shared_gate, l)),
+            at(p, table_.offset_or_none(param_kind::shared_down, l))};
+  }
+
+  void check_tokens(std::span<const std::int32_t> tokens, std::int64_t batch, std::int64_t seq) const {
+    require(batch > 0 && seq > 0 && batch <= max_batch_ && seq <= max_seq_,
+            "transformer: batch " + std::to_string(batch) + " × seq " + std::to_string(seq) +
+                " is outside the planned 1.." + std::to_string(max_batch_) + " × 1.." + std::to_string(max_seq_));
+    require(std::int64_t(tokens.size()) == batch * seq,
+            "transformer: expected " + std::to_string(batch * seq) + " token ids, got " + std::to_string(tokens.size()));
+    for (std::size_t i = 0; i < tokens.size(); ++i)
+      require(tokens[i] >= 0 && tokens[i] < C.vocab, "transformer: token id " + std::to_string(tokens[i]) +
+                                                         " at position " + std::to_string(i) +
+                                                         " is outside the vocabulary [0, " + std::to_string(C.vocab) + ")");
+  }
+
+  template <class U>
+  std::vector<U> download(const U* src, std::int64_t count) {
+    std::vector<U> out(static_cast<std::size_t>(count));
+    be_.download(out.data(), src, out.size() * sizeof(U));
+    return out;
+  }
+
+  void upload_rope_table() {
+    const auto table = make_rope_table<A>(C, int(max_seq_));
+    rope_mem_ = arena<Backend>(be_, 2 * table.cos.size() * sizeof(A));
+    cos_ = reinterpret_cast<A*>(rope_mem_.data());
+    sin_ = cos_ + table.cos.size();
+    be_.upload(cos_, table.cos.data(), table.cos.size() * sizeof(A));
+    be_.upload(sin_, table.sin.data(), table.sin.size() * sizeof(A));
+  }
+
+  void plan_activations() {
+    const std::int64_t n = max_batch_ * max_seq_, d = C.hidden, v = C.vocab;
+    arena_plan plan;
+    std::vector<std::size_t> res_slots;
+    for (int l = 0; l <= C.layers; ++l) res_slots.push_back(plan.reserve<T>(n * d, "residual"));
+    struct slots { std::size_t xn1, rstd1, mid, xn2, rstd2; };
+    std::vector<slots> block_slots;
+    std::size_t scratch = 0;
+    blocks_.reserve(std::size_t(C.layers));
+    for (int l = 0; l < C.layers; ++l) {
+      block b{mla<T>(C), {}, {}};
+      b.attn.plan(plan, max_batch_, max_seq_);
+      scratch = std::max({scratch, b.attn.scratch_bytes(max_batch_, max_seq_),
+                          b.attn.decode_scratch_bytes(max_batch_, max_seq_)});
+      if (C.is_moe_layer(l)) {
+        b.sparse.emplace(C);
+        b.sparse->plan(plan, n);
+        scratch = std::max(scratch, b.sparse->scratch_bytes(n));
+      } else {
+        b.dense.emplace(d, C.dense_inter);
+        b.dense->plan(plan, n);
+        scratch = std::max(scratch, b.dense->scratch_bytes(n));
+      }
+      block_slots.push_back({plan.reserve<T>(n * d, "xn1"), plan.reserve<A>(n, "rstd1"), plan.reserve<T>(n * d, "mid"),
+                             plan.reserve<T>(n * d, "xn2"), plan.reserve<A>(n, "rstd2")});
+      blocks_.push_back(std::move(b));
+    }
+    const auto xf = plan.reserve<T>(n * d, "final_norm"), rstd_f = plan.reserve<A>(n, "final_rstd");
+    const auto logits = plan.reserve<T>(n * v, "logits"), dlogits = plan.reserve<T>(n * v, "dlogits");
+    const auto row_loss = plan.reserve<A>(n, "row_loss");
+    const auto tokens = plan.reserve<std::int32_t>(n, "tokens"), targets = plan.reserve<std::int32_t>(n, "targets");
+    const auto dres = plan.reserve<T>(n * d, "dres"), dxn = plan.reserve<T>(n * d, "dxn");
+    const auto tmp = plan.reserve<T>(n * d, "tmp");
+    const auto scratch_slot = plan.reserve<std::byte>(std::int64_t(scratch), "scratch");
+
+    acts_ = arena<Backend>(be_, plan.bytes());
+    std::byte* base = acts_.data();
+    for (auto s : res_slots) res_.push_back(acts_.template at<T>(plan, s));
+    for (int l = 0; l < C.layers; ++l) {
+      block& b = blocks_[std::size_t(l)];
+      b.attn.bind(base, plan);
+      if (b.sparse) b.sparse->bind(base, plan);
+      if (b.dense) b.dense->bind(base, plan);
+      const slots& s = block_slots[std::size_t(l)];
+      b.xn1 = acts_.template at<T>(plan, s.xn1);
+      b.rstd1 = acts_.template at<A>(plan, s.rstd1);
+      b.mid = acts_.template at<T>(plan, s.mid);
+      b.xn2 = acts_.template at<T>(plan, s.xn2);
+      b.rstd2 = acts_.template at<A>(plan, s.rstd2);
+    }
+    xf_ = acts_.template at<T>(plan, xf);
+    rstd_f_ = acts_.template at<A>(plan, rstd_f);
+    logits_ = acts_.template at<T>(plan, logits);
+    dlogits_ = acts_.template at<T>(plan, dlogits);
+    row_loss_ = acts_.template at<A>(plan, row_loss);
+    tokens_ = acts_.template at<std::int32_t>(plan, tokens);
+    targets_ = acts_.template at<std::int32_t>(plan, targets);
+    dres_ = acts_.template at<T>(plan, dres);
+    dxn_ = acts_.template at<T>(plan, dxn);
+    tmp_ = acts_.template at<T>(plan, tmp);
+    scratch_ = acts_.template at<std::byte>(plan, scratch_slot);
+  }
+
+  // u = h + MLA(attn_norm(h)); h' = u + FFN(ffn_norm(u)).
+  void block_forward(int l, std::int64_t n) {
+    const std::int64_t d = C.hidden;
+    block& b = blocks_[std::size_t(l)];
+    rmsnorm_forward(be_, b.xn1, d, b.rstd1, res_[l], d, param(param_kind::attn_norm, l), n, d, C.rms_eps);
+    b.attn.forward(be_, attn_weights(l), b.xn1, tmp_, batch_, seq_, cos_, sin_, scratch_);
+    copy_rows(be_, b.mid, d, res_[l], d, n, d);
+    add_into(be_, b.mid, tmp_, n * d);
+    ffn_forward(l, b, b.mid, res_[l + 1], n);
+  }
+
+  // The FFN half of a block, shared by training and decoding: out = u + FFN(ffn_norm(u)).
+  void ffn_forward(int l, block& b, const T* u, T* out, std::int64_t n) {
+    const std::int64_t d = C.hidden;
+    rmsnorm_forward(be_, b.xn2, d, b.rstd2, u, d, param(param_kind::ffn_norm, l), n, d, C.rms_eps);
+    if (b.sparse) b.sparse->forward(be_, sparse_weights(l), b.xn2, tmp_, n, scratch_);
+    else b.dense->forward(be_, dense_weights(l), b.xn2, tmp_, n);
+    copy_rows(be_, out, d, u, d, n, d);
+    add_into(be_, out, tmp_, n * d);
+  }
+
+  void final_forward(std::int64_t n) {
+    const std::int64_t d = C.hidden;
+    rmsnorm_forward(be_, xf_, d, rstd_f_, res_[C.layers], d, param(param_kind::final_norm), n, d, C.rms_eps);
+    gemm(be_, false, true, n, C.vocab, d, 1.0, xf_, d, param(param_kind::head), d, 0.0, logits_, C.vocab);  // (N, V)
+  }
+
+  // dres holds d(loss)/d(h') on entry and d(loss)/d(h) on exit.
+  void block_backward(int l, std::int64_t n) {
+    const std::int64_t d = C.hidden;
+    block& b = blocks_[std::size_t(l)];
+    if (b.sparse) b.sparse->backward(be_, sparse_weights(l), sparse_grads(l), b.xn2, dres_, dxn_, n, scratch_);
+    else b.dense->backward(be_, dense_weights(l), dense_grads(l), b.xn2, dres_, dxn_, n, scratch_);
+    rmsnorm_backward(be_, dres_, d, grad(param_kind::ffn_norm, l), dxn_, d, b.mid, d, param(param_kind::ffn_norm, l),
+                     b.rstd2, n, d, true);
+    b.attn.backward(be_, attn_weights(l), attn_grads(l), b.xn1, dres_, dxn_, batch_, seq_, cos_, sin_, scratch_);
+    rmsnorm_backward(be_, dres_, d, grad(param_kind::attn_norm, l), dxn_, d, res_[l], d, param(param_kind::attn_norm, l),
+                     b.rstd1, n, d, true);
+  }
+
+  // A decoding step of one block for `len` new tokens per row at position `pos`.
+  void block_decode(int l, std::int64_t batch, std::int64_t len, std::int64_t pos, mla_cache<T>& cache) {
+    const std::int64_t d = C.hidden, n = batch * len;
+    block& b = blocks_[std::size_t(l)];
+    rmsnorm_forward(be_, b.xn1, d, b.rstd1, res_[l], d, param(param_kind::attn_norm, l), n, d, C.rms_eps);
+    b.attn.decode(be_, attn_weights(l), b.xn1, tmp_, batch, len, pos, cache, cos_, sin_, scratch_);
+    copy_rows(be_, b.mid, d, res_[l], d, n, d);
+    add_into(be_, b.mid, tmp_, n * d);
+    ffn_forward(l, b, b.mid, res_[l + 1], n);
+  }
+
+  Backend& be_;
+  param_table table_;
+  std::int64_t max_batch_, max_seq_;
+  std::int64_t batch_ = 0, seq_ = 0;
+  bool have_loss_ = false;
+  arena<Backend> params_, grads_, rope_mem_, acts_;
+  A* cos_ = nullptr;
+  A* sin_ = nullptr;
+  std::vector<block> blocks_;
+  std::vector<T*> res_;  // residual stream at the input of each layer, and after the last: (N, d) each
+  T* xf_ = nullptr;      // (N, d) final norm output
+  A* rstd_f_ = nullptr;
+  T* logits_ = nullptr;  // (N, V)
+  T* dlogits_ = nullptr;
+  A* row_loss_ = nullptr;
+  std::int32_t* tokens_ = nullptr;
+  std::int32_t* targets_ = nullptr;
+  T* dres_ = nullptr;    // (N, d) gradient of the residual stream
+  T* dxn_ = nullptr;     // (N, d) gradient at a norm's output
+  T* tmp_ = nullptr;     // (N, d) a sublayer's output before the residual add
+  std::byte* scratch_ = nullptr;
+};
+
+}  // namespace dsx
