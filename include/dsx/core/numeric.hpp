@@ -1,5 +1,5 @@
-// Scalar value types: dtype tags, bf16 and fp8 (E4M3) storage types with exact round-to-nearest-even
-// conversions, written once for host and device.
+// Scalar value types: dtype tags, f16, bf16 and fp8 (E4M3) storage types with exact
+// round-to-nearest-even conversions, written once for host and device.
 #pragma once
 
 #include <bit>
@@ -7,19 +7,22 @@
 #include <cstdint>
 #include <cstring>
 #include <string_view>
+#include <type_traits>
 
 #include "dsx/core/macros.hpp"
 
 namespace dsx {
 
-enum class dtype : std::uint8_t { f64, f32, f16, bf16, fp8_e4m3, i64, i32, u8 };
+// Element types. The values after u8 exist so that safetensors files holding them can be read;
+// `boolean` is one byte, 0 or 1. New values go at the end (the numbering is shared).
+enum class dtype : std::uint8_t { f64, f32, f16, bf16, fp8_e4m3, i64, i32, u8, i16, i8, boolean, fp8_e5m2 };
 
 constexpr std::size_t size_of(dtype t) {
   switch (t) {
     case dtype::f64: case dtype::i64: return 8;
     case dtype::f32: case dtype::i32: return 4;
-    case dtype::f16: case dtype::bf16: return 2;
-    case dtype::fp8_e4m3: case dtype::u8: return 1;
+    case dtype::f16: case dtype::bf16: case dtype::i16: return 2;
+    case dtype::fp8_e4m3: case dtype::u8: case dtype::i8: case dtype::boolean: case dtype::fp8_e5m2: return 1;
   }
   return 0;
 }
@@ -35,10 +38,15 @@ constexpr std::string_view safetensors_name(dtype t) {
     case dtype::i64: return "I64";
     case dtype::i32: return "I32";
     case dtype::u8: return "U8";
+    case dtype::i16: return "I16";
+    case dtype::i8: return "I8";
+    case dtype::boolean: return "BOOL";
+    case dtype::fp8_e5m2: return "F8_E5M2";
   }
   return "?";
 }
-static_assert(size_of(dtype::bf16) == 2 && size_of(dtype::fp8_e4m3) == 1);
+static_assert(size_of(dtype::bf16) == 2 && size_of(dtype::fp8_e4m3) == 1 && size_of(dtype::i16) == 2);
+static_assert(safetensors_name(dtype::fp8_e5m2) == "F8_E5M2");
 
 namespace detail {
 DSX_HD std::uint32_t float_bits(float f) {
@@ -67,6 +75,43 @@ struct bf16 {
   }
 };
 static_assert(sizeof(bf16) == 2);
+
+// IEEE 754 binary16: 1 sign, 5 exponent (bias 15), 10 mantissa bits; max finite 65504, subnormals
+// down to 2^-24. From float: round to nearest even, overflow to ±inf, NaN stays NaN (quiet).
+struct f16 {
+  std::uint16_t bits = 0;
+  f16() = default;
+  DSX_HD explicit f16(float f) : bits(from_float(f)) {}
+  DSX_HD explicit operator float() const {
+    const std::uint32_t sign = std::uint32_t(bits & 0x8000u) << 16;
+    const std::uint32_t exp = (bits >> 10) & 0x1fu;
+    const std::uint32_t man = bits & 0x3ffu;
+    if (exp == 0x1f) return detail::bits_float(sign | 0x7f800000u | (man << 13));
+    if (exp == 0) {  // zero or subnormal: man * 2^-24, exact in float
+      const float v = float(man) * 5.9604644775390625e-8f;
+      return sign ? -v : v;
+    }
+    return detail::bits_float(sign | ((exp + 112u) << 23) | (man << 13));  // rebias 15 -> 127
+  }
+  DSX_HD static std::uint16_t from_float(float f) {
+    const std::uint32_t u = detail::float_bits(f);
+    const std::uint16_t sign = std::uint16_t((u >> 16) & 0x8000u);
+    const std::uint32_t a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return std::uint16_t(sign | 0x7e00u);    // NaN
+    if (a >= 0x477ff000u) return std::uint16_t(sign | 0x7c00u);   // >= 65520 (the tie above 65504) -> inf
+    if (a >= 0x38800000u) {                                       // normal in f16: >= 2^-14
+      std::uint32_t m = a - (112u << 23);                         // rebias 127 -> 15
+      m += 0xfffu + ((m >> 13) & 1u);                             // round the 13 dropped bits to even
+      return std::uint16_t(sign | (m >> 13));
+    }
+    // Subnormal (or zero): adding 0.5 puts the value in [0.5, 1), whose float ulp is 2^-24, the f16
+    // subnormal step, so the FPU's round-to-nearest-even leaves round(|f| / 2^-24) in the low bits
+    // (1024 = the smallest normal when it rounds up).
+    const float shifted = detail::bits_float(a) + 0.5f;
+    return std::uint16_t(sign | (detail::float_bits(shifted) - 0x3f000000u));
+  }
+};
+static_assert(sizeof(f16) == 2);
 
 // float8 E4M3 ("e4m3fn": no infinities, one NaN pattern per sign, max finite 448) as DeepSeek-V3
 // stores weights and quantises activations. Conversion saturates to ±448, rounds to nearest even.
@@ -109,9 +154,9 @@ static_assert(sizeof(fp8_e4m3) == 1);
 // Conversion used by every primitive that reads storage and computes in `To`.
 template <class To, class From>
 DSX_HD To convert(From x) {
-  if constexpr (std::is_same_v<From, bf16> || std::is_same_v<From, fp8_e4m3>)
+  if constexpr (std::is_same_v<From, bf16> || std::is_same_v<From, f16> || std::is_same_v<From, fp8_e4m3>)
     return To(float(x));
-  else if constexpr (std::is_same_v<To, bf16> || std::is_same_v<To, fp8_e4m3>)
+  else if constexpr (std::is_same_v<To, bf16> || std::is_same_v<To, f16> || std::is_same_v<To, fp8_e4m3>)
     return To(float(x));
   else
     return To(x);
@@ -120,6 +165,7 @@ DSX_HD To convert(From x) {
 // Accumulation type of a storage type: f32 for the 16- and 8-bit formats.
 template <class T> struct accum { using type = T; };
 template <> struct accum<bf16> { using type = float; };
+template <> struct accum<f16> { using type = float; };
 template <> struct accum<fp8_e4m3> { using type = float; };
 template <class T> using accum_t = typename accum<T>::type;
 
