@@ -77,8 +77,8 @@ int verify(const std::filesystem::path& model_dir, const std::filesystem::path& 
       failed += !c.passed;
     }
   };
-  report("f64", verify_golden<C, precision::f64>(be, model_dir, golden, 1e-6));
-  report("f32", verify_golden<C, precision::f32>(be, model_dir, golden, 1e-4));
+  report("f64", verify_golden<C, precision::f64>(be, model_dir, golden, golden_f64_tolerance));
+  report("f32", verify_golden<C, precision::f32>(be, model_dir, golden, golden_f32_tolerance));
   fmt::print("{} checks failed\n", failed);
   return failed == 0 ? 0 : 2;
 }

@@ -37,10 +37,25 @@ double max_relative_error(const std::vector<U>& found, const std::vector<double>
   return den > 0 ? num / den : num;
 }
 
+// Tolerances of the real-valued checks, as max |found − expected| / max |expected|.
+struct golden_tolerance {
+  double values;     // logits and loss
+  double gradients;  // parameter gradients
+};
+
+// The reference computes RoPE and the attention softmax in f32 even in its f64 run, so its golden data
+// carry f32 rounding that an f64 implementation cannot reproduce: measured with the reference's own
+// all-f64 variant (tests/data/reference), that noise is ≤ 8e-7 on logits and up to 6e-6 on gradients
+// over 200 random configurations of the variant family. f64 tolerances sit above it; f32 ones above f32
+// arithmetic.
+inline constexpr golden_tolerance golden_f64_tolerance{1e-6, 1e-5};
+inline constexpr golden_tolerance golden_f32_tolerance{1e-4, 1e-4};
+static_assert(golden_f64_tolerance.values < golden_f32_tolerance.values);
+
 // Runs every check present in `golden` on the model folder `model_dir` with the host or CUDA backend.
 template <model_config C, precision_policy P, class Backend>
 std::vector<golden_check> verify_golden(Backend& be, const std::filesystem::path& model_dir,
-                                        const std::filesystem::path& golden, double tolerance) {
+                                        const std::filesystem::path& golden, golden_tolerance tolerance) {
   using model_t = transformer<C, P, Backend>;
   const safetensors::reader g(golden);
   const auto& tok_info = g.at("inputs.tokens");
@@ -63,21 +78,32 @@ std::vector<golden_check> verify_golden(Backend& be, const std::filesystem::path
 
   const double loss = model.forward(tokens, batch, seq);
   model.backward();
-  if (g.find("expected.logits")) add("logits", max_relative_error(model.logits(), g.read<double>("expected.logits")), tolerance);
+  if (g.find("expected.logits")) add("logits", max_relative_error(model.logits(), g.read<double>("expected.logits")), tolerance.values);
   if (g.find("expected.loss")) {
     const double ref = g.read<double>("expected.loss").at(0);
-    add("loss", std::abs(loss - ref) / std::abs(ref), tolerance);
+    add("loss", std::abs(loss - ref) / std::abs(ref), tolerance.values);
   }
+  bool has_grads = false;
   for (const auto& t : g.tensors()) {
     const std::string prefix = "expected.grad.";
+    has_grads = has_grads || t.name.rfind(prefix, 0) == 0;
     if (t.name.rfind(prefix, 0) == 0) {
       const std::string name = t.name.substr(prefix.size());
       const auto* e = model.params().find(name);
       if (!e) {
-        add("grad." + name + " (no such trained tensor in the model)", INFINITY, tolerance);
+        add("grad." + name + " (no such trained tensor in the model)", INFINITY, tolerance.gradients);
         continue;
       }
-      add("grad." + name, max_relative_error(model.get_grad(*e), g.read<double>(t.name)), tolerance);
+      add("grad." + name, max_relative_error(model.get_grad(*e), g.read<double>(t.name)), tolerance.gradients);
+    }
+  }
+  // The reference stores no gradient for a routed expert that no token picked; ours must then be 0.
+  if (has_grads) {
+    for (const auto& e : model.params().entries()) {
+      if (!e.spec.trained() || e.spec.shared_copy() || g.find("expected.grad." + e.name)) continue;
+      const auto found = model.get_grad(e);
+      const bool zero = std::all_of(found.begin(), found.end(), [](auto v) { return double(v) == 0.0; });
+      add_exact("grad." + e.name + " (absent from golden: must be 0)", zero ? 0 : 1);
     }
   }
   for (int l = 0; l < C.layers; ++l) {
