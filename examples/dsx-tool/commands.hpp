@@ -9,6 +9,7 @@
 #include "dsx/backend/host/all.hpp"
 #include "dsx/config/counts.hpp"
 #include "dsx/config/presets.hpp"
+#include "dsx/config/reflect.hpp"
 #include "dsx/model/golden.hpp"
 
 namespace dsx::tool {
@@ -29,21 +30,11 @@ template <model_config C>
 int info(const char* name, std::int64_t seq) {
   static constexpr std::int64_t total = params_total(C), activated = params_activated(C), mtp = params_mtp(C);
   fmt::print("model {}\n", name);
-  fmt::print("vocab {}  hidden {}  layers {} ({} dense, FFN {})  max_positions {}  rms_eps {}\n", C.vocab, C.hidden,
-             C.layers, C.dense_layers, C.dense_inter, C.max_positions, C.rms_eps);
-  fmt::print("mla: heads {}  q_lora {}  kv_lora {}  nope {}  rope {}  v {}\n", C.mla.heads, C.mla.q_lora,
-             C.mla.kv_lora, C.mla.nope, C.mla.rope, C.mla.v);
-  if (C.moe.routed > 0)
-    fmt::print("moe: routed {}  shared {}  top_k {}  groups {} (keep {})  score {}  norm_topk {}  route_scale {}  "
-               "bias {}  expert FFN {}\n",
-               C.moe.routed, C.moe.shared, C.moe.top_k, C.moe.groups, C.moe.top_groups, score_name(C.moe.score),
-               C.moe.norm_topk, C.moe.route_scale, C.moe.bias, C.moe.inter);
-  fmt::print("rope: theta {}", C.rope.theta);
-  if (C.rope.yarn.active())
-    fmt::print("  yarn factor {} original {} beta {}/{} mscale {} mscale_all_dim {}", C.rope.yarn.factor,
-               C.rope.yarn.original_max_positions, C.rope.yarn.beta_fast, C.rope.yarn.beta_slow, C.rope.yarn.mscale,
-               C.rope.yarn.mscale_all_dim);
-  fmt::print("\nmtp_depth {}\n", C.mtp_depth);
+  for_each_field(C, [](const std::string& path, const auto& value) {
+    using V = std::decay_t<decltype(value)>;
+    if constexpr (std::is_same_v<V, score_fn>) fmt::print("{} {}\n", path, score_name(value));
+    else fmt::print("{} {}\n", path, value);
+  });
   fmt::print("total_params {}\n", total);
   fmt::print("activated_params {}\n", activated);
   fmt::print("mtp_params {}\n", mtp);

@@ -7,6 +7,7 @@
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <exception>
 
@@ -21,8 +22,9 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
 
   auto* info = app.add_subcommand("info", "print the configuration, parameter counts, FLOPs and memory plan");
-  std::int64_t info_seq = 4096;
-  info->add_option("--seq", info_seq, "sequence length for the attention FLOPs")->check(CLI::PositiveNumber);
+  std::int64_t info_seq = std::min<std::int64_t>(4096, dsx_model::config.max_positions);
+  info->add_option("--seq", info_seq, "sequence length for the attention FLOPs (default: max_positions, at most 4096)")
+      ->check(CLI::PositiveNumber);
 
   auto* verify = app.add_subcommand("verify", "check the model against golden outputs of the reference");
   std::string model_dir, golden;

@@ -33,6 +33,7 @@
 
 #include "dsx/config/checks.hpp"
 #include "dsx/config/model_config.hpp"
+#include "dsx/config/reflect.hpp"
 #include "dsx/core/error.hpp"
 
 namespace dsx {
@@ -350,80 +351,43 @@ inline nlohmann::json to_hf_config(const model_config& c) {
   return j;
 }
 
-// A C++ expression that constructs `c` with designated initialisers, every field spelled out in
-// declaration order; doubles are printed so that they read back exactly.
-inline std::string to_cpp(const model_config& c) {
-  using detail::hf::exact_double;
-  const auto i = [](int v) { return std::to_string(v); };
-  const auto b = [](bool v) { return std::string(v ? "true" : "false"); };
-  const auto& a = c.mla;
-  const auto& m = c.moe;
-  const auto& y = c.rope.yarn;
-  return "dsx::model_config{.vocab = " + i(c.vocab) + ", .hidden = " + i(c.hidden) + ", .layers = " + i(c.layers) +
-         ", .dense_layers = " + i(c.dense_layers) + ", .dense_inter = " + i(c.dense_inter) +
-         ", .mla = {.heads = " + i(a.heads) + ", .q_lora = " + i(a.q_lora) + ", .kv_lora = " + i(a.kv_lora) +
-         ", .nope = " + i(a.nope) + ", .rope = " + i(a.rope) + ", .v = " + i(a.v) + "}" +
-         ", .moe = {.routed = " + i(m.routed) + ", .shared = " + i(m.shared) + ", .top_k = " + i(m.top_k) +
-         ", .groups = " + i(m.groups) + ", .top_groups = " + i(m.top_groups) +
-         ", .score = dsx::score_fn::" + (m.score == score_fn::sigmoid ? "sigmoid" : "softmax") +
-         ", .norm_topk = " + b(m.norm_topk) + ", .route_scale = " + exact_double(m.route_scale) +
-         ", .bias = " + b(m.bias) + ", .inter = " + i(m.inter) + "}" +
-         ", .rope = {.theta = " + exact_double(c.rope.theta) + ", .yarn = {.factor = " + exact_double(y.factor) +
-         ", .original_max_positions = " + i(y.original_max_positions) + ", .beta_fast = " + exact_double(y.beta_fast) +
-         ", .beta_slow = " + exact_double(y.beta_slow) + ", .mscale = " + exact_double(y.mscale) +
-         ", .mscale_all_dim = " + exact_double(y.mscale_all_dim) + "}}" +
-         ", .rms_eps = " + exact_double(c.rms_eps) + ", .mtp_depth = " + i(c.mtp_depth) +
-         ", .max_positions = " + i(c.max_positions) + "}";
+namespace detail::hf {
+// A leaf value as C++ source (to_cpp) and as text in messages (config_differences).
+template <class V>
+std::string value_text(const V& v, bool as_cpp) {
+  if constexpr (std::is_same_v<V, bool>) return v ? "true" : "false";
+  else if constexpr (std::is_same_v<V, double>) return std::isfinite(v) ? exact_double(v) : std::to_string(v);
+  else if constexpr (std::is_same_v<V, score_fn>)
+    return std::string(as_cpp ? "dsx::score_fn::" : "") + (v == score_fn::sigmoid ? "sigmoid" : "softmax");
+  else return std::to_string(v);
 }
+
+template <class S>
+std::string cpp_initializer(const S& s) {
+  std::string out = "{";
+  boost::hana::for_each(boost::hana::accessors<S>(), [&](auto pair) {
+    const auto& value = boost::hana::second(pair)(s);
+    using V = std::decay_t<decltype(value)>;
+    if (out.size() > 1) out += ", ";
+    out += std::string(".") + boost::hana::to<const char*>(boost::hana::first(pair)) + " = ";
+    if constexpr (is_reflected_struct<V>) out += cpp_initializer(value);
+    else out += value_text(value, true);
+  });
+  return out + "}";
+}
+}  // namespace detail::hf
+
+// A C++ expression that constructs `c` with designated initialisers, every field spelled out in
+// declaration order (config/reflect.hpp is the field list); doubles read back exactly.
+inline std::string to_cpp(const model_config& c) { return "dsx::model_config" + detail::hf::cpp_initializer(c); }
 
 // Every field where the configurations differ, as "moe.top_k: expected 2, found 4"; empty when equal.
 inline std::vector<std::string> config_differences(const model_config& expected, const model_config& found) {
   std::vector<std::string> out;
-  const auto text = [](const auto& v) -> std::string {
-    using V = std::decay_t<decltype(v)>;
-    if constexpr (std::is_same_v<V, bool>) return v ? "true" : "false";
-    else if constexpr (std::is_same_v<V, double>) return std::isfinite(v) ? detail::hf::exact_double(v) : std::to_string(v);
-    else if constexpr (std::is_same_v<V, score_fn>) return v == score_fn::sigmoid ? "sigmoid" : "softmax";
-    else return std::to_string(v);
-  };
-  const auto cmp = [&](const char* field, const auto& e, const auto& f) {
-    if (!(e == f)) out.push_back(std::string(field) + ": expected " + text(e) + ", found " + text(f));
-  };
-  const model_config& e = expected;
-  const model_config& f = found;
-  cmp("vocab", e.vocab, f.vocab);
-  cmp("hidden", e.hidden, f.hidden);
-  cmp("layers", e.layers, f.layers);
-  cmp("dense_layers", e.dense_layers, f.dense_layers);
-  cmp("dense_inter", e.dense_inter, f.dense_inter);
-  cmp("mla.heads", e.mla.heads, f.mla.heads);
-  cmp("mla.q_lora", e.mla.q_lora, f.mla.q_lora);
-  cmp("mla.kv_lora", e.mla.kv_lora, f.mla.kv_lora);
-  cmp("mla.nope", e.mla.nope, f.mla.nope);
-  cmp("mla.rope", e.mla.rope, f.mla.rope);
-  cmp("mla.v", e.mla.v, f.mla.v);
-  cmp("moe.routed", e.moe.routed, f.moe.routed);
-  cmp("moe.shared", e.moe.shared, f.moe.shared);
-  cmp("moe.top_k", e.moe.top_k, f.moe.top_k);
-  cmp("moe.groups", e.moe.groups, f.moe.groups);
-  cmp("moe.top_groups", e.moe.top_groups, f.moe.top_groups);
-  cmp("moe.score", e.moe.score, f.moe.score);
-  cmp("moe.norm_topk", e.moe.norm_topk, f.moe.norm_topk);
-  cmp("moe.route_scale", e.moe.route_scale, f.moe.route_scale);
-  cmp("moe.bias", e.moe.bias, f.moe.bias);
-  cmp("moe.inter", e.moe.inter, f.moe.inter);
-  cmp("rope.theta", e.rope.theta, f.rope.theta);
-  cmp("rope.yarn.factor", e.rope.yarn.factor, f.rope.yarn.factor);
-  cmp("rope.yarn.original_max_positions", e.rope.yarn.original_max_positions, f.rope.yarn.original_max_positions);
-  cmp("rope.yarn.beta_fast", e.rope.yarn.beta_fast, f.rope.yarn.beta_fast);
-  cmp("rope.yarn.beta_slow", e.rope.yarn.beta_slow, f.rope.yarn.beta_slow);
-  cmp("rope.yarn.mscale", e.rope.yarn.mscale, f.rope.yarn.mscale);
-  cmp("rope.yarn.mscale_all_dim", e.rope.yarn.mscale_all_dim, f.rope.yarn.mscale_all_dim);
-  cmp("rms_eps", e.rms_eps, f.rms_eps);
-  cmp("mtp_depth", e.mtp_depth, f.mtp_depth);
-  cmp("max_positions", e.max_positions, f.max_positions);
-  // A field added to model_config but not to the list above must still not compare equal silently.
-  if (out.empty() && !(expected == found)) out.push_back("a field config_differences does not list differs");
+  for_each_field_pair(expected, found, [&](const std::string& path, const auto& e, const auto& f) {
+    if (!(e == f))
+      out.push_back(path + ": expected " + detail::hf::value_text(e, false) + ", found " + detail::hf::value_text(f, false));
+  });
   return out;
 }
 
