@@ -6,11 +6,13 @@
 
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <unordered_map>
 #include <vector>
 
 #include "dsx/config/param_spec.hpp"
 #include "dsx/core/error.hpp"
+#include "dsx/layers/block.hpp"
 
 namespace dsx {
 
@@ -72,5 +74,30 @@ class param_table {
   std::unordered_map<std::string, std::size_t> by_name_;
   std::int64_t size_ = 0;
 };
+
+// Views of decoder layer `layer`'s weights (or gradients: P = T*) in a flat buffer laid out by `table`.
+// Tensors the configuration does not have are null. gate_proj and up_proj are adjacent (param_spec
+// order), so the SwiGLU views start at gate_proj; routed experts start at expert 0's gate_proj.
+template <class P>
+auto layer_views(const param_table& table, P base, int layer) {
+  using T = std::remove_const_t<std::remove_pointer_t<P>>;
+  auto at = [&](param_kind k, int expert = -1) -> P {
+    const std::int64_t o = table.offset_or_none(k, layer, expert);
+    return o < 0 ? nullptr : base + o;
+  };
+  std::conditional_t<std::is_const_v<std::remove_pointer_t<P>>, block_weights<T>, block_grads<T>> v;
+  v.attn_norm = at(param_kind::attn_norm);
+  v.attn = {at(param_kind::q_proj), at(param_kind::q_a_proj), at(param_kind::q_a_norm), at(param_kind::q_b_proj),
+            at(param_kind::kv_a_proj), at(param_kind::kv_a_norm), at(param_kind::kv_b_proj), at(param_kind::o_proj)};
+  v.ffn_norm = at(param_kind::ffn_norm);
+  v.dense = {at(param_kind::mlp_gate), at(param_kind::mlp_down)};
+  if constexpr (std::is_const_v<std::remove_pointer_t<P>>)
+    v.sparse = {at(param_kind::router), at(param_kind::router_bias), at(param_kind::expert_gate, 0),
+                at(param_kind::shared_gate), at(param_kind::shared_down)};
+  else
+    v.sparse = {at(param_kind::router), at(param_kind::expert_gate, 0), at(param_kind::shared_gate),
+                at(param_kind::shared_down)};
+  return v;
+}
 
 }  // namespace dsx

@@ -17,7 +17,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -27,9 +26,7 @@
 #include "dsx/config/precision.hpp"
 #include "dsx/core/arena.hpp"
 #include "dsx/core/error.hpp"
-#include "dsx/layers/mla.hpp"
-#include "dsx/layers/mlp.hpp"
-#include "dsx/layers/moe.hpp"
+#include "dsx/layers/block.hpp"
 #include "dsx/layers/rope.hpp"
 #include "dsx/model/params.hpp"
 
@@ -92,7 +89,8 @@ class transformer {
     const std::int64_t n = batch * seq, d = C.hidden;
     be_.upload(tokens_, tokens.data(), std::size_t(n) * sizeof(std::int32_t));
     embedding_forward(be_, res_[0], param(param_kind::embed), tokens_, n, d);  // (N, d)
-    for (int l = 0; l < C.layers; ++l) block_forward(l, n);
+    for (int l = 0; l < C.layers; ++l)
+      blocks_[std::size_t(l)].forward(be_, weights(l), res_[l], res_[l + 1], batch, seq, cos_, sin_, scratch_);
     final_forward(n);
     if (!with_loss) return 0.0;
     std::vector<std::int32_t> targets(std::size_t(n), -1);
@@ -118,7 +116,8 @@ class transformer {
     gemm(be_, false, false, n, d, C.vocab, 1.0, dlogits_, C.vocab, param(param_kind::head), d, 0.0, dxn_, d);
     rmsnorm_backward(be_, dres_, d, grad(param_kind::final_norm), dxn_, d, res_[C.layers], d,
                      param(param_kind::final_norm), rstd_f_, n, d, false);
-    for (int l = C.layers - 1; l >= 0; --l) block_backward(l, n);
+    for (int l = C.layers - 1; l >= 0; --l)
+      blocks_[std::size_t(l)].backward(be_, weights(l), grads(l), res_[l], dres_, batch_, seq_, cos_, sin_, scratch_);
     embedding_backward(be_, grad(param_kind::embed), dres_, tokens_, n, d);
     have_loss_ = false;
   }
@@ -130,7 +129,7 @@ class transformer {
   // produced them.
   std::vector<std::int32_t> routed_experts(int layer) {
     require(C.is_moe_layer(layer), "transformer: layer " + std::to_string(layer) + " is not an MoE layer");
-    const auto& m = *blocks_[std::size_t(layer)].sparse;
+    const auto& m = *blocks_[std::size_t(layer)].sparse();
     std::vector<std::int32_t> out(std::size_t(batch_ * seq_ * C.moe.top_k));
     be_.download(out.data(), m.topk_indices(), out.size() * sizeof(std::int32_t));
     return out;
@@ -159,7 +158,9 @@ class transformer {
       const std::int64_t n = batch * len;
       be_.upload(tokens_, step.data(), std::size_t(n) * sizeof(std::int32_t));
       embedding_forward(be_, res_[0], param(param_kind::embed), tokens_, n, d);
-      for (int l = 0; l < C.layers; ++l) block_decode(l, batch, len, pos, caches[std::size_t(l)]);
+      for (int l = 0; l < C.layers; ++l)
+        blocks_[std::size_t(l)].decode(be_, weights(l), res_[l], res_[l + 1], batch, len, pos, caches[std::size_t(l)],
+                                       cos_, sin_, scratch_);
       final_forward(n);
       const auto lg = download(logits_, n * C.vocab);
       step.assign(std::size_t(batch), 0);
@@ -175,53 +176,12 @@ class transformer {
   }
 
  private:
-  struct block {
-    mla<T> attn;
-    std::optional<mlp<T>> dense;
-    std::optional<moe<T>> sparse;
-    T* xn1 = nullptr;  // (N, d) attn_norm(h)
-    A* rstd1 = nullptr;
-    T* mid = nullptr;  // (N, d) u = h + attention
-    T* xn2 = nullptr;  // (N, d) ffn_norm(u)
-    A* rstd2 = nullptr;
-  };
-
   const T* param(param_kind k, int layer = -1, int expert = -1) const {
     return reinterpret_cast<const T*>(params_.data()) + table_.offset(k, layer, expert);
   }
-  T* grad(param_kind k, int layer = -1, int expert = -1) {
-    return grad_data() + table_.offset(k, layer, expert);
-  }
-  template <class Ptr>
-  static Ptr at(Ptr base, std::int64_t offset) { return offset < 0 ? nullptr : base + offset; }
-
-  mla_weights<T> attn_weights(int l) const {
-    const T* p = reinterpret_cast<const T*>(params_.data());
-    auto o = [&](param_kind k) { return at(p, table_.offset_or_none(k, l)); };
-    return {o(param_kind::q_proj), o(param_kind::q_a_proj), o(param_kind::q_a_norm), o(param_kind::q_b_proj),
-            o(param_kind::kv_a_proj), o(param_kind::kv_a_norm), o(param_kind::kv_b_proj), o(param_kind::o_proj)};
-  }
-  mla_grads<T> attn_grads(int l) {
-    T* p = grad_data();
-    auto o = [&](param_kind k) { return at(p, table_.offset_or_none(k, l)); };
-    return {o(param_kind::q_proj), o(param_kind::q_a_proj), o(param_kind::q_a_norm), o(param_kind::q_b_proj),
-            o(param_kind::kv_a_proj), o(param_kind::kv_a_norm), o(param_kind::kv_b_proj), o(param_kind::o_proj)};
-  }
-  // gate_proj and up_proj are adjacent in the parameter buffer (config/param_spec.hpp order).
-  mlp_weights<T> dense_weights(int l) const { return {param(param_kind::mlp_gate, l), param(param_kind::mlp_down, l)}; }
-  mlp_grads<T> dense_grads(int l) { return {grad(param_kind::mlp_gate, l), grad(param_kind::mlp_down, l)}; }
-  moe_weights<T> sparse_weights(int l) const {
-    const T* p = reinterpret_cast<const T*>(params_.data());
-    return {param(param_kind::router, l), at(p, table_.offset_or_none(param_kind::router_bias, l)),
-            param(param_kind::expert_gate, l, 0), at(p, table_.offset_or_none(param_kind::shared_gate, l)),
-            at(p, table_.offset_or_none(param_kind::shared_down, l))};
-  }
-  moe_grads<T> sparse_grads(int l) {
-    T* p = grad_data();
-    return {grad(param_kind::router, l), grad(param_kind::expert_gate, l, 0),
-            at(p, table_.offset_or_none(param_kind::shared_gate, l)),
-            at(p, table_.offset_or_none(param_kind::shared_down, l))};
-  }
+  T* grad(param_kind k, int layer = -1, int expert = -1) { return grad_data() + table_.offset(k, layer, expert); }
+  block_weights<T> weights(int l) const { return layer_views(table_, reinterpret_cast<const T*>(params_.data()), l); }
+  block_grads<T> grads(int l) { return layer_views(table_, grad_data(), l); }
 
   void check_tokens(std::span<const std::int32_t> tokens, std::int64_t batch, std::int64_t seq) const {
     require(batch > 0 && seq > 0 && batch <= max_batch_ && seq <= max_seq_,
@@ -256,51 +216,23 @@ class transformer {
     arena_plan plan;
     std::vector<std::size_t> res_slots;
     for (int l = 0; l <= C.layers; ++l) res_slots.push_back(plan.reserve<T>(n * d, "residual"));
-    struct slots { std::size_t xn1, rstd1, mid, xn2, rstd2; };
-    std::vector<slots> block_slots;
     std::size_t scratch = 0;
     blocks_.reserve(std::size_t(C.layers));
     for (int l = 0; l < C.layers; ++l) {
-      block b{mla<T>(C), {}, {}};
-      b.attn.plan(plan, max_batch_, max_seq_);
-      scratch = std::max({scratch, b.attn.scratch_bytes(max_batch_, max_seq_),
-                          b.attn.decode_scratch_bytes(max_batch_, max_seq_)});
-      if (C.is_moe_layer(l)) {
-        b.sparse.emplace(C);
-        b.sparse->plan(plan, n);
-        scratch = std::max(scratch, b.sparse->scratch_bytes(n));
-      } else {
-        b.dense.emplace(d, C.dense_inter);
-        b.dense->plan(plan, n);
-        scratch = std::max(scratch, b.dense->scratch_bytes(n));
-      }
-      block_slots.push_back({plan.reserve<T>(n * d, "xn1"), plan.reserve<A>(n, "rstd1"), plan.reserve<T>(n * d, "mid"),
-                             plan.reserve<T>(n * d, "xn2"), plan.reserve<A>(n, "rstd2")});
-      blocks_.push_back(std::move(b));
+      blocks_.emplace_back(C, l);
+      blocks_.back().plan(plan, max_batch_, max_seq_);
+      scratch = std::max(scratch, blocks_.back().scratch_bytes(max_batch_, max_seq_));
     }
     const auto xf = plan.reserve<T>(n * d, "final_norm"), rstd_f = plan.reserve<A>(n, "final_rstd");
     const auto logits = plan.reserve<T>(n * v, "logits"), dlogits = plan.reserve<T>(n * v, "dlogits");
     const auto row_loss = plan.reserve<A>(n, "row_loss");
     const auto tokens = plan.reserve<std::int32_t>(n, "tokens"), targets = plan.reserve<std::int32_t>(n, "targets");
     const auto dres = plan.reserve<T>(n * d, "dres"), dxn = plan.reserve<T>(n * d, "dxn");
-    const auto tmp = plan.reserve<T>(n * d, "tmp");
     const auto scratch_slot = plan.reserve<std::byte>(std::int64_t(scratch), "scratch");
 
     acts_ = arena<Backend>(be_, plan.bytes());
-    std::byte* base = acts_.data();
     for (auto s : res_slots) res_.push_back(acts_.template at<T>(plan, s));
-    for (int l = 0; l < C.layers; ++l) {
-      block& b = blocks_[std::size_t(l)];
-      b.attn.bind(base, plan);
-      if (b.sparse) b.sparse->bind(base, plan);
-      if (b.dense) b.dense->bind(base, plan);
-      const slots& s = block_slots[std::size_t(l)];
-      b.xn1 = acts_.template at<T>(plan, s.xn1);
-      b.rstd1 = acts_.template at<A>(plan, s.rstd1);
-      b.mid = acts_.template at<T>(plan, s.mid);
-      b.xn2 = acts_.template at<T>(plan, s.xn2);
-      b.rstd2 = acts_.template at<A>(plan, s.rstd2);
-    }
+    for (auto& b : blocks_) b.bind(acts_.data(), plan);
     xf_ = acts_.template at<T>(plan, xf);
     rstd_f_ = acts_.template at<A>(plan, rstd_f);
     logits_ = acts_.template at<T>(plan, logits);
@@ -310,59 +242,13 @@ class transformer {
     targets_ = acts_.template at<std::int32_t>(plan, targets);
     dres_ = acts_.template at<T>(plan, dres);
     dxn_ = acts_.template at<T>(plan, dxn);
-    tmp_ = acts_.template at<T>(plan, tmp);
     scratch_ = acts_.template at<std::byte>(plan, scratch_slot);
-  }
-
-  // u = h + MLA(attn_norm(h)); h' = u + FFN(ffn_norm(u)).
-  void block_forward(int l, std::int64_t n) {
-    const std::int64_t d = C.hidden;
-    block& b = blocks_[std::size_t(l)];
-    rmsnorm_forward(be_, b.xn1, d, b.rstd1, res_[l], d, param(param_kind::attn_norm, l), n, d, C.rms_eps);
-    b.attn.forward(be_, attn_weights(l), b.xn1, tmp_, batch_, seq_, cos_, sin_, scratch_);
-    copy_rows(be_, b.mid, d, res_[l], d, n, d);
-    add_into(be_, b.mid, tmp_, n * d);
-    ffn_forward(l, b, b.mid, res_[l + 1], n);
-  }
-
-  // The FFN half of a block, shared by training and decoding: out = u + FFN(ffn_norm(u)).
-  void ffn_forward(int l, block& b, const T* u, T* out, std::int64_t n) {
-    const std::int64_t d = C.hidden;
-    rmsnorm_forward(be_, b.xn2, d, b.rstd2, u, d, param(param_kind::ffn_norm, l), n, d, C.rms_eps);
-    if (b.sparse) b.sparse->forward(be_, sparse_weights(l), b.xn2, tmp_, n, scratch_);
-    else b.dense->forward(be_, dense_weights(l), b.xn2, tmp_, n);
-    copy_rows(be_, out, d, u, d, n, d);
-    add_into(be_, out, tmp_, n * d);
   }
 
   void final_forward(std::int64_t n) {
     const std::int64_t d = C.hidden;
     rmsnorm_forward(be_, xf_, d, rstd_f_, res_[C.layers], d, param(param_kind::final_norm), n, d, C.rms_eps);
     gemm(be_, false, true, n, C.vocab, d, 1.0, xf_, d, param(param_kind::head), d, 0.0, logits_, C.vocab);  // (N, V)
-  }
-
-  // dres holds d(loss)/d(h') on entry and d(loss)/d(h) on exit.
-  void block_backward(int l, std::int64_t n) {
-    const std::int64_t d = C.hidden;
-    block& b = blocks_[std::size_t(l)];
-    if (b.sparse) b.sparse->backward(be_, sparse_weights(l), sparse_grads(l), b.xn2, dres_, dxn_, n, scratch_);
-    else b.dense->backward(be_, dense_weights(l), dense_grads(l), b.xn2, dres_, dxn_, n, scratch_);
-    rmsnorm_backward(be_, dres_, d, grad(param_kind::ffn_norm, l), dxn_, d, b.mid, d, param(param_kind::ffn_norm, l),
-                     b.rstd2, n, d, true);
-    b.attn.backward(be_, attn_weights(l), attn_grads(l), b.xn1, dres_, dxn_, batch_, seq_, cos_, sin_, scratch_);
-    rmsnorm_backward(be_, dres_, d, grad(param_kind::attn_norm, l), dxn_, d, res_[l], d, param(param_kind::attn_norm, l),
-                     b.rstd1, n, d, true);
-  }
-
-  // A decoding step of one block for `len` new tokens per row at position `pos`.
-  void block_decode(int l, std::int64_t batch, std::int64_t len, std::int64_t pos, mla_cache<T>& cache) {
-    const std::int64_t d = C.hidden, n = batch * len;
-    block& b = blocks_[std::size_t(l)];
-    rmsnorm_forward(be_, b.xn1, d, b.rstd1, res_[l], d, param(param_kind::attn_norm, l), n, d, C.rms_eps);
-    b.attn.decode(be_, attn_weights(l), b.xn1, tmp_, batch, len, pos, cache, cos_, sin_, scratch_);
-    copy_rows(be_, b.mid, d, res_[l], d, n, d);
-    add_into(be_, b.mid, tmp_, n * d);
-    ffn_forward(l, b, b.mid, res_[l + 1], n);
   }
 
   Backend& be_;
@@ -373,7 +259,7 @@ class transformer {
   arena<Backend> params_, grads_, rope_mem_, acts_;
   A* cos_ = nullptr;
   A* sin_ = nullptr;
-  std::vector<block> blocks_;
+  std::vector<decoder_block<T>> blocks_;
   std::vector<T*> res_;  // residual stream at the input of each layer, and after the last: (N, d) each
   T* xf_ = nullptr;      // (N, d) final norm output
   A* rstd_f_ = nullptr;
@@ -384,7 +270,6 @@ class transformer {
   std::int32_t* targets_ = nullptr;
   T* dres_ = nullptr;    // (N, d) gradient of the residual stream
   T* dxn_ = nullptr;     // (N, d) gradient at a norm's output
-  T* tmp_ = nullptr;     // (N, d) a sublayer's output before the residual add
   std::byte* scratch_ = nullptr;
 };
 
