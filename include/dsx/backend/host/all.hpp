@@ -9,3 +9,5 @@
 #include "dsx/backend/host/embedding.hpp"
 #include "dsx/backend/host/cross_entropy.hpp"
 #include "dsx/backend/host/tensor_ops.hpp"
+#include "dsx/backend/host/moe.hpp"
+#include "dsx/backend/host/attention.hpp"

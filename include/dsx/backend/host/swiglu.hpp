@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "dsx/backend/host/host.hpp"
+#include "dsx/core/activation.hpp"
 #include "dsx/core/numeric.hpp"
 
 namespace dsx::backend {
@@ -19,8 +20,7 @@ void swiglu_forward(host&, T* h, const T* gu, std::int64_t rows, std::int64_t in
     const T* g = gu + r * 2 * inter;
     const T* u = g + inter;
     for (std::int64_t i = 0; i < inter; ++i) {
-      const A gv = A(g[i]);
-      h[r * inter + i] = T(gv / (A(1) + std::exp(-gv)) * A(u[i]));
+      h[r * inter + i] = T(silu(A(g[i])) * A(u[i]));
     }
   }
 }
@@ -36,9 +36,9 @@ void swiglu_backward(host&, T* dgu, const T* dh, const T* gu, std::int64_t rows,
     T* dg = dgu + r * 2 * inter;
     T* du = dg + inter;
     for (std::int64_t i = 0; i < inter; ++i) {
-      const A gv = A(g[i]), sg = A(1) / (A(1) + std::exp(-gv)), d = A(dh[r * inter + i]);
-      dg[i] = T(d * A(u[i]) * sg * (A(1) + gv * (A(1) - sg)));
-      du[i] = T(d * gv * sg);
+      const A gv = A(g[i]), d = A(dh[r * inter + i]);
+      dg[i] = T(d * A(u[i]) * silu_grad(gv));
+      du[i] = T(d * silu(gv));
     }
   }
 }

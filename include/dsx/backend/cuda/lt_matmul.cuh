@@ -1,0 +1,171 @@
+// cuBLASLt matmuls with cached plans. cuBLASLt's heuristic query costs far more than a small GEMM, and a
+// training step repeats the same few shapes, so each distinct problem (types, transposes, sizes, leading
+// dimensions, batch, strides and pointer alignment) gets its descriptors and algorithm once and reuses them.
+// Everything here is in cuBLASLt's column-major terms; gemm.cuh maps dsx's row-major GEMMs onto it.
+// Not thread-safe: one lt_matmul belongs to one backend object, which belongs to one host thread.
+#pragma once
+
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <unordered_map>
+
+#include "dsx/backend/cuda/check.cuh"
+
+namespace dsx::backend::cuda_detail {
+
+// D(m, n) = alpha · op(A) · op(B) + beta · C with C = D (in place), column-major, `batch` problems
+// `stride_*` elements apart.
+struct lt_problem {
+  cudaDataType_t data;          // storage type of A, B, C and D
+  cublasComputeType_t compute;  // accumulation
+  cudaDataType_t scale;         // type of alpha and beta
+  cublasOperation_t op_a, op_b;
+  std::int64_t m, n, k, lda, ldb, ldc;
+  std::int64_t batch, stride_a, stride_b, stride_c;
+  std::uint32_t align_a, align_b, align_c;  // guaranteed alignment of every batch's operand, bytes (≤ 256)
+  bool operator==(const lt_problem&) const = default;
+};
+
+struct lt_problem_hash {
+  std::size_t operator()(const lt_problem& p) const noexcept {
+    std::size_t h = 0;
+    auto mix = [&h](std::int64_t v) { h ^= std::hash<std::int64_t>{}(v) + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2); };
+    for (std::int64_t v : {std::int64_t(p.data), std::int64_t(p.compute), std::int64_t(p.scale), std::int64_t(p.op_a),
+                           std::int64_t(p.op_b), p.m, p.n, p.k, p.lda, p.ldb, p.ldc, p.batch, p.stride_a, p.stride_b,
+                           p.stride_c, std::int64_t(p.align_a), std::int64_t(p.align_b), std::int64_t(p.align_c)})
+      mix(v);
+    return h;
+  }
+};
+
+// The largest power of two ≤ 256 that divides `bytes` (256 for 0): what cuBLASLt's alignment
+// preferences take.
+inline std::uint32_t alignment_of(std::uintptr_t bytes) {
+  std::uint32_t a = 256;
+  while (a > 1 && bytes % a != 0) a /= 2;
+  return a;
+}
+
+class lt_matmul {
+ public:
+  explicit lt_matmul(std::size_t workspace_bytes) : workspace_bytes_(workspace_bytes) {
+    DSX_CUBLAS_CHECK(cublasLtCreate(&handle_));
+    const cudaError_t status = cudaMalloc(&workspace_, workspace_bytes_);
+    if (status != cudaSuccess) {
+      cublasLtDestroy(handle_);
+      check_cuda(status, "cudaMalloc(cuBLASLt workspace)", __FILE__, __LINE__);
+    }
+  }
+  lt_matmul(const lt_matmul&) = delete;
+  lt_matmul& operator=(const lt_matmul&) = delete;
+  ~lt_matmul() {
+    for (auto& [key, p] : plans_) destroy(p);
+    cudaFree(workspace_);
+    cublasLtDestroy(handle_);
+  }
+
+  // Enqueues the matmul on `stream`. alpha and beta point to host values of the problem's scale type.
+  void run(const lt_problem& p, const void* alpha, const void* a, const void* b, const void* beta, void* c,
+           cudaStream_t stream) {
+    const plan& pl = plan_for(p);
+    DSX_CUBLAS_CHECK(cublasLtMatmul(handle_, pl.op, alpha, a, pl.a, b, pl.b, beta, c, pl.c, c, pl.c, &pl.algo,
+                                    workspace_, workspace_bytes_, stream));
+  }
+
+  // How often the heuristic ran and how many plans are cached (tests check that repeats hit the cache).
+  std::size_t heuristic_queries() const { return queries_; }
+  std::size_t cached_plans() const { return plans_.size(); }
+
+ private:
+  struct plan {
+    cublasLtMatmulDesc_t op = nullptr;
+    cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+    cublasLtMatmulAlgo_t algo{};
+  };
+
+  static void destroy(plan& p) noexcept {
+    if (p.c) cublasLtMatrixLayoutDestroy(p.c);
+    if (p.b) cublasLtMatrixLayoutDestroy(p.b);
+    if (p.a) cublasLtMatrixLayoutDestroy(p.a);
+    if (p.op) cublasLtMatmulDescDestroy(p.op);
+  }
+
+  static cublasLtMatrixLayout_t make_layout(cudaDataType_t type, std::int64_t rows, std::int64_t cols, std::int64_t ld,
+                                            std::int64_t batch, std::int64_t stride) {
+    cublasLtMatrixLayout_t layout = nullptr;
+    DSX_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout, type, std::uint64_t(rows), std::uint64_t(cols), ld));
+    if (batch > 1) {
+      const std::int32_t count = std::int32_t(batch);
+      try {
+        DSX_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count,
+                                                          sizeof(count)));
+        DSX_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
+                                                          &stride, sizeof(stride)));
+      } catch (...) {
+        cublasLtMatrixLayoutDestroy(layout);
+        throw;
+      }
+    }
+    return layout;
+  }
+
+  static std::string describe(const lt_problem& p) {
+    return "m=" + std::to_string(p.m) + " n=" + std::to_string(p.n) + " k=" + std::to_string(p.k) +
+           " lda=" + std::to_string(p.lda) + " ldb=" + std::to_string(p.ldb) + " ldc=" + std::to_string(p.ldc) +
+           " op_a=" + (p.op_a == CUBLAS_OP_T ? "T" : "N") + " op_b=" + (p.op_b == CUBLAS_OP_T ? "T" : "N") +
+           " batch=" + std::to_string(p.batch) + " data type " + std::to_string(int(p.data));
+  }
+
+  const plan& plan_for(const lt_problem& p) {
+    if (auto it = plans_.find(p); it != plans_.end()) return it->second;
+    plan pl;
+    cublasLtMatmulPreference_t pref = nullptr;
+    try {
+      DSX_CUBLAS_CHECK(cublasLtMatmulDescCreate(&pl.op, p.compute, p.scale));
+      DSX_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(pl.op, CUBLASLT_MATMUL_DESC_TRANSA, &p.op_a, sizeof(p.op_a)));
+      DSX_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(pl.op, CUBLASLT_MATMUL_DESC_TRANSB, &p.op_b, sizeof(p.op_b)));
+      const bool na = p.op_a == CUBLAS_OP_N, nb = p.op_b == CUBLAS_OP_N;
+      pl.a = make_layout(p.data, na ? p.m : p.k, na ? p.k : p.m, p.lda, p.batch, p.stride_a);
+      pl.b = make_layout(p.data, nb ? p.k : p.n, nb ? p.n : p.k, p.ldb, p.batch, p.stride_b);
+      pl.c = make_layout(p.data, p.m, p.n, p.ldc, p.batch, p.stride_c);
+
+      DSX_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+      const std::uint64_t ws = workspace_bytes_;
+      DSX_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
+                                                            sizeof(ws)));
+      DSX_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                                                            &p.align_a, sizeof(p.align_a)));
+      DSX_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                                                            &p.align_b, sizeof(p.align_b)));
+      DSX_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                                                            &p.align_c, sizeof(p.align_c)));
+      DSX_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+                                                            &p.align_c, sizeof(p.align_c)));
+      cublasLtMatmulHeuristicResult_t result{};
+      int found = 0;
+      ++queries_;
+      DSX_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(handle_, pl.op, pl.a, pl.b, pl.c, pl.c, pref, 1, &result, &found));
+      if (found == 0) throw error("cuBLASLt: no algorithm for the GEMM " + describe(p));
+      pl.algo = result.algo;
+      cublasLtMatmulPreferenceDestroy(pref);
+    } catch (...) {
+      if (pref) cublasLtMatmulPreferenceDestroy(pref);
+      destroy(pl);
+      throw;
+    }
+    return plans_.emplace(p, pl).first->second;
+  }
+
+  cublasLtHandle_t handle_ = nullptr;
+  void* workspace_ = nullptr;
+  std::size_t workspace_bytes_ = 0;
+  std::size_t queries_ = 0;
+  std::unordered_map<lt_problem, plan, lt_problem_hash> plans_;
+};
+
+}  // namespace dsx::backend::cuda_detail
