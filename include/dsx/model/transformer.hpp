@@ -5,6 +5,12 @@
 //   for l in layers:  u = h + MLA(attn_norm(h));  h = u + FFN(ffn_norm(u))     (FFN = SwiGLU or MoE)
 //   logits = head(norm(h));  loss = mean next-token cross-entropy
 //
+// With C.mtp_depth = D > 0, D multi-token-prediction modules (layers/mtp.hpp) follow the main model in
+// training: module k takes h^{k−1} (h^0 = the main model's last hidden state before the final norm) and
+// the tokens shifted by k, and predicts the token k + 1 ahead. The loss is
+// L = L_main + (λ / D) Σ_k L_MTP^k, each term a mean over the positions that have a target; λ is set at
+// run time (set_mtp_weight). Inference (forward without loss, generate_greedy) never runs the modules.
+//
 // The configuration is a template argument, so an invalid one fails to compile and every count is a
 // constant; batch and sequence length are run-time values bounded by the sizes given at construction,
 // from which one activation arena is planned. Parameters and gradients are two flat buffers laid out by
@@ -16,6 +22,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <span>
 #include <string>
@@ -27,6 +34,7 @@
 #include "dsx/core/arena.hpp"
 #include "dsx/core/error.hpp"
 #include "dsx/layers/block.hpp"
+#include "dsx/layers/mtp.hpp"
 #include "dsx/layers/rope.hpp"
 #include "dsx/model/params.hpp"
 
@@ -80,10 +88,17 @@ class transformer {
   std::vector<T> get_grad(const param_table::entry& e) { return download(grad_data() + e.offset, e.spec.numel()); }
 
   // Forward pass over `batch` rows of `seq` tokens (host memory, row-major). With `with_loss`, returns
-  // the mean cross-entropy of predicting token t+1 at position t (batch·(seq−1) positions) and keeps
-  // what backward() needs; otherwise returns 0 and only the logits are computed.
+  // the mean cross-entropy of predicting token t+1 at position t (batch·(seq−1) positions), plus with MTP
+  // (λ / D) Σ_k of module k's mean cross-entropy of predicting token t+k+1 (batch·(seq−k−1) positions; the
+  // sequences need at least D + 2 tokens), and keeps what backward() needs; otherwise returns 0 and only
+  // the main model's logits are computed.
   double forward(std::span<const std::int32_t> tokens, std::int64_t batch, std::int64_t seq, bool with_loss = true) {
     check_tokens(tokens, batch, seq);
+    have_loss_ = false;
+    if constexpr (C.mtp_depth > 0)
+      require(!with_loss || seq >= C.mtp_depth + 2,
+              "transformer: the MTP loss of depth " + std::to_string(C.mtp_depth) + " needs sequences of at least " +
+                  std::to_string(C.mtp_depth + 2) + " tokens, got " + std::to_string(seq));
     batch_ = batch;
     seq_ = seq;
     const std::int64_t n = batch * seq, d = C.hidden;
@@ -93,19 +108,39 @@ class transformer {
       blocks_[std::size_t(l)].forward(be_, weights(l), res_[l], res_[l + 1], batch, seq, cos_, sin_, scratch_);
     final_forward(n);
     if (!with_loss) return 0.0;
-    std::vector<std::int32_t> targets(std::size_t(n), -1);
-    for (std::int64_t b = 0; b < batch; ++b)
-      for (std::int64_t t = 0; t + 1 < seq; ++t) targets[std::size_t(b * seq + t)] = tokens[std::size_t(b * seq + t + 1)];
-    be_.upload(targets_, targets.data(), targets.size() * sizeof(std::int32_t));
+    upload_shifted(tokens, 1, targets_);
     const std::int64_t counted = batch * (seq - 1);
     require(counted > 0, "transformer: a loss needs sequences of at least 2 tokens");
     cross_entropy(be_, row_loss_, dlogits_, logits_, targets_, n, std::int64_t(C.vocab), 1.0 / double(counted));
-    const auto losses = download(row_loss_, n);
-    double sum = 0;
-    for (A v : losses) sum += double(v);
+    lm_loss_ = sum_of(row_loss_, n) / double(counted);
+    double loss = lm_loss_;
+    if constexpr (C.mtp_depth > 0) {
+      // Module k reads ids shifted by k and targets shifted by k + 1: shifted_[k], shifted_[k + 1].
+      for (int j = 2; j <= C.mtp_depth + 1; ++j) upload_shifted(tokens, j, shifted_[std::size_t(j)]);
+      const double weight = mtp_weight_ / double(C.mtp_depth);
+      for (int k = 1; k <= C.mtp_depth; ++k) {
+        auto& m = mtp_[std::size_t(k - 1)];
+        m.forward(be_, mtp_weights_of(k), mtp_input(k), shifted_[std::size_t(k)], shifted_[std::size_t(k + 1)],
+                  mtp_h_[std::size_t(k - 1)], batch, seq, weight, cos_, sin_, scratch_);
+        mtp_losses_[std::size_t(k - 1)] = sum_of(m.row_losses(), n) / double(m.counted(batch, seq));
+        loss += weight * mtp_losses_[std::size_t(k - 1)];
+      }
+    }
     have_loss_ = true;
-    return sum / double(counted);
+    return loss;
   }
+
+  // The parts of the last forward(with_loss = true)'s loss: the main model's mean cross-entropy, and
+  // module k's (index k − 1) for k = 1..D.
+  double last_lm_loss() const { return lm_loss_; }
+  std::vector<double> last_mtp_losses() const { return mtp_losses_; }
+  // λ, the weight of the MTP losses (the report uses 0.3, then 0.1); takes effect at the next forward.
+  void set_mtp_weight(double lambda) {
+    require(std::isfinite(lambda) && lambda >= 0,
+            "transformer: the MTP loss weight must be finite and non-negative, got " + std::to_string(lambda));
+    mtp_weight_ = lambda;
+  }
+  double mtp_weight() const { return mtp_weight_; }
 
   // Accumulates d(loss)/d(parameters) of the last forward(with_loss = true) into the gradient buffer.
   void backward() {
@@ -116,6 +151,15 @@ class transformer {
     gemm(be_, false, false, n, d, C.vocab, 1.0, dlogits_, C.vocab, param(param_kind::head), d, 0.0, dxn_, d);
     rmsnorm_backward(be_, dres_, d, grad(param_kind::final_norm), dxn_, d, res_[C.layers], d,
                      param(param_kind::final_norm), rstd_f_, n, d, false);
+    // MTP modules from the deepest: module k's d h^{k−1} goes to module k − 1's output gradient, module
+    // 1's is added to the main model's last hidden-state gradient.
+    for (int k = C.mtp_depth; k >= 1; --k) {
+      T* dh = mtp_grad_[std::size_t(k) % mtp_grad_.size()];
+      T* dh_prev = k == 1 ? dres_ : mtp_grad_[std::size_t(k - 1) % mtp_grad_.size()];
+      mtp_[std::size_t(k - 1)].backward(be_, mtp_weights_of(k), mtp_grads_of(k), mtp_input(k), shifted_[std::size_t(k)],
+                                         mtp_h_[std::size_t(k - 1)], dh, k < C.mtp_depth, dh_prev, k == 1, batch_,
+                                         seq_, cos_, sin_, scratch_);
+    }
     for (int l = C.layers - 1; l >= 0; --l)
       blocks_[std::size_t(l)].backward(be_, weights(l), grads(l), res_[l], dres_, batch_, seq_, cos_, sin_, scratch_);
     embedding_backward(be_, grad(param_kind::embed), dres_, tokens_, n, d);
@@ -126,10 +170,15 @@ class transformer {
   std::vector<T> logits() { return download(logits_, batch_ * seq_ * C.vocab); }
 
   // Routed experts chosen in MoE layer `layer` by the last forward: (batch·seq, top_k), as the layer
-  // produced them.
+  // produced them. Layers layers .. layers + mtp_depth − 1 are the MTP modules' blocks (after a forward
+  // with loss).
   std::vector<std::int32_t> routed_experts(int layer) {
+    require(layer >= 0 && layer < C.layers + C.mtp_depth,
+            "transformer: layer " + std::to_string(layer) + " is outside 0.." +
+                std::to_string(C.layers + C.mtp_depth - 1));
     require(C.is_moe_layer(layer), "transformer: layer " + std::to_string(layer) + " is not an MoE layer");
-    const auto& m = *blocks_[std::size_t(layer)].sparse();
+    const auto& m =
+        layer < C.layers ? *blocks_[std::size_t(layer)].sparse() : *mtp_[std::size_t(layer - C.layers)].sparse();
     std::vector<std::int32_t> out(std::size_t(batch_ * seq_ * C.moe.top_k));
     be_.download(out.data(), m.topk_indices(), out.size() * sizeof(std::int32_t));
     return out;
@@ -182,6 +231,36 @@ class transformer {
   T* grad(param_kind k, int layer = -1, int expert = -1) { return grad_data() + table_.offset(k, layer, expert); }
   block_weights<T> weights(int l) const { return layer_views(table_, reinterpret_cast<const T*>(params_.data()), l); }
   block_grads<T> grads(int l) { return layer_views(table_, grad_data(), l); }
+  // Module k (1..D) is decoder layer layers + k − 1; its embedding and head resolve to the main model's.
+  mtp_weights<T> mtp_weights_of(int k) const {
+    const int l = C.layers + k - 1;
+    return {param(param_kind::mtp_embed, l), param(param_kind::mtp_enorm, l), param(param_kind::mtp_hnorm, l),
+            param(param_kind::mtp_eh_proj, l), weights(l), param(param_kind::mtp_head_norm, l),
+            param(param_kind::mtp_head, l)};
+  }
+  mtp_grads<T> mtp_grads_of(int k) {
+    const int l = C.layers + k - 1;
+    return {grad(param_kind::mtp_embed, l), grad(param_kind::mtp_enorm, l), grad(param_kind::mtp_hnorm, l),
+            grad(param_kind::mtp_eh_proj, l), grads(l), grad(param_kind::mtp_head_norm, l),
+            grad(param_kind::mtp_head, l)};
+  }
+  // h^{k−1}: the main model's last hidden state (before the final norm) for k = 1.
+  const T* mtp_input(int k) const { return k == 1 ? res_[std::size_t(C.layers)] : mtp_h_[std::size_t(k - 2)]; }
+
+  // dst (batch·seq) = the tokens shifted left by `shift` within each row, −1 where none.
+  void upload_shifted(std::span<const std::int32_t> tokens, std::int64_t shift, std::int32_t* dst) {
+    std::vector<std::int32_t> ids(std::size_t(batch_ * seq_), -1);
+    for (std::int64_t b = 0; b < batch_; ++b)
+      for (std::int64_t t = 0; t + shift < seq_; ++t)
+        ids[std::size_t(b * seq_ + t)] = tokens[std::size_t(b * seq_ + t + shift)];
+    be_.upload(dst, ids.data(), ids.size() * sizeof(std::int32_t));
+  }
+  double sum_of(const A* values, std::int64_t n) {
+    const auto host = download(values, n);
+    double sum = 0;
+    for (A v : host) sum += double(v);
+    return sum;
+  }
 
   void check_tokens(std::span<const std::int32_t> tokens, std::int64_t batch, std::int64_t seq) const {
     require(batch > 0 && seq > 0 && batch <= max_batch_ && seq <= max_seq_,
@@ -223,6 +302,18 @@ class transformer {
       blocks_.back().plan(plan, max_batch_, max_seq_);
       scratch = std::max(scratch, blocks_.back().scratch_bytes(max_batch_, max_seq_));
     }
+    // MTP: each module's output h^k, the ids shifted by 2..D+1, and the output gradients of two
+    // consecutive modules (only one with D = 1).
+    std::vector<std::size_t> mtp_h_slots, shifted_slots, mtp_grad_slots;
+    mtp_.reserve(std::size_t(C.mtp_depth));
+    for (int k = 1; k <= C.mtp_depth; ++k) {
+      mtp_.emplace_back(C, k);
+      mtp_.back().plan(plan, max_batch_, max_seq_);
+      scratch = std::max(scratch, mtp_.back().scratch_bytes(max_batch_, max_seq_));
+      mtp_h_slots.push_back(plan.reserve<T>(n * d, "mtp.hidden"));
+      shifted_slots.push_back(plan.reserve<std::int32_t>(n, "mtp.targets"));
+    }
+    for (int i = 0; i < std::min(C.mtp_depth, 2); ++i) mtp_grad_slots.push_back(plan.reserve<T>(n * d, "mtp.dhidden"));
     const auto xf = plan.reserve<T>(n * d, "final_norm"), rstd_f = plan.reserve<A>(n, "final_rstd");
     const auto logits = plan.reserve<T>(n * v, "logits"), dlogits = plan.reserve<T>(n * v, "dlogits");
     const auto row_loss = plan.reserve<A>(n, "row_loss");
@@ -243,6 +334,11 @@ class transformer {
     dres_ = acts_.template at<T>(plan, dres);
     dxn_ = acts_.template at<T>(plan, dxn);
     scratch_ = acts_.template at<std::byte>(plan, scratch_slot);
+    for (auto& m : mtp_) m.bind(acts_.data(), plan);
+    for (auto s : mtp_h_slots) mtp_h_.push_back(acts_.template at<T>(plan, s));
+    shifted_ = {tokens_, targets_};
+    for (auto s : shifted_slots) shifted_.push_back(acts_.template at<std::int32_t>(plan, s));
+    for (auto s : mtp_grad_slots) mtp_grad_.push_back(acts_.template at<T>(plan, s));
   }
 
   void final_forward(std::int64_t n) {
@@ -256,6 +352,8 @@ class transformer {
   std::int64_t max_batch_, max_seq_;
   std::int64_t batch_ = 0, seq_ = 0;
   bool have_loss_ = false;
+  double lm_loss_ = 0, mtp_weight_ = 0.3;
+  std::vector<double> mtp_losses_ = std::vector<double>(std::size_t(C.mtp_depth), 0.0);
   arena<Backend> params_, grads_, rope_mem_, acts_;
   A* cos_ = nullptr;
   A* sin_ = nullptr;
@@ -271,6 +369,10 @@ class transformer {
   T* dres_ = nullptr;    // (N, d) gradient of the residual stream
   T* dxn_ = nullptr;     // (N, d) gradient at a norm's output
   std::byte* scratch_ = nullptr;
+  std::vector<mtp_module<T>> mtp_;           // module k at index k − 1
+  std::vector<T*> mtp_h_;                    // (N, d) h^k of module k at index k − 1
+  std::vector<std::int32_t*> shifted_;       // (N) tokens shifted by j at index j = 0..D+1, −1 where none
+  std::vector<T*> mtp_grad_;                 // (N, d) output gradients of modules k and k − 1
 };
 
 }  // namespace dsx
