@@ -112,6 +112,7 @@ class decoder_block {
   }
 
   const moe<T>* sparse() const { return sparse_ ? &*sparse_ : nullptr; }
+  moe<T>* sparse() { return sparse_ ? &*sparse_ : nullptr; }
 
  private:
   struct slot_ids { std::size_t xn1, rstd1, mid, xn2, rstd2; };

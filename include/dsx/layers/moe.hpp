@@ -13,18 +13,28 @@
 // Contract (as layers/mlp.hpp): `plan` declares what backward needs in the activation arena, `bind`
 // resolves it, `scratch_bytes` is temporary memory shared with other layers. forward writes y (=);
 // backward writes dx (=) and accumulates parameter gradients (+=). The routing bias gets no gradient: it
-// moves by the load-balancing rule. Only backend primitives touch activation memory, so a CUDA backend
-// runs this same code. Router logits are computed in the storage type T (the reference demo does the same
-// in bf16); scores and routing weights are kept in accum_t<T>.
+// moves by the auxiliary-loss-free rule (the model applies it from the loads, see expert_load). Only
+// backend primitives touch activation memory, so a CUDA backend runs this same code.
+//
+// Balance loss: with a weight α > 0 (set_balance_weight; 0, the default, turns it off) forward also
+// computes the complementary sequence-wise balance loss of its routing (layers/router.hpp), which needs the
+// sequence structure of the tokens (set_sequences(batch, seq), batch · seq = tokens, token t of sequence
+// b at row b · seq + t); balance_loss() returns its value and backward adds its gradient, which flows
+// through the affinities into the router weight and x, to the gradient of the caller's loss.
+//
+// Router logits are computed in the storage type T (the reference demo does the same in bf16); scores
+// and routing weights are kept in accum_t<T>.
 //
 // Parameter layout (config/param_spec.hpp): expert e's block starts at experts + e · 3 · inter · hidden
 // and holds gate_up (2 · inter, hidden), gate_proj rows then up_proj rows, then down (hidden, inter).
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "dsx/config/checks.hpp"
 #include "dsx/config/model_config.hpp"
@@ -78,6 +88,10 @@ class moe {
     perm_slot_ = p.reserve<std::int32_t>(rows, "moe.perm");
     inv_perm_slot_ = p.reserve<std::int32_t>(rows, "moe.inv_perm");
     offsets_slot_ = p.reserve<std::int32_t>(e + 1, "moe.expert_offsets");
+    // The balance loss's coefficients and per-sequence losses, sized for the most sequences the tokens
+    // can form (sequences of one token).
+    coeff_slot_ = p.reserve<A>(tokens * e, "moe.balance_coefficients");
+    balance_losses_slot_ = p.reserve<A>(tokens, "moe.balance_losses");
     gu_slot_ = p.reserve<T>(rows * 2 * inter_, "moe.experts.gate_up");
     h_slot_ = p.reserve<T>(rows * inter_, "moe.experts.h");
     eo_slot_ = p.reserve<T>(rows * hidden_, "moe.experts.out");
@@ -90,6 +104,8 @@ class moe {
     perm_ = reinterpret_cast<std::int32_t*>(base + p.offset(perm_slot_));
     inv_perm_ = reinterpret_cast<std::int32_t*>(base + p.offset(inv_perm_slot_));
     offsets_ = reinterpret_cast<std::int32_t*>(base + p.offset(offsets_slot_));
+    coeff_ = reinterpret_cast<A*>(base + p.offset(coeff_slot_));
+    balance_losses_ = reinterpret_cast<A*>(base + p.offset(balance_losses_slot_));
     gu_ = reinterpret_cast<T*>(base + p.offset(gu_slot_));
     h_ = reinterpret_cast<T*>(base + p.offset(h_slot_));
     eo_ = reinterpret_cast<T*>(base + p.offset(eo_slot_));
@@ -106,30 +122,82 @@ class moe {
   // Expert order of the last forward: expert e received offsets[e + 1] − offsets[e] assignments (E + 1).
   const std::int32_t* expert_offsets() const { return offsets_; }
 
+  // Tokens that selected each expert in the last forward (E), copied to the host.
+  template <class Backend>
+  std::vector<std::int64_t> expert_load(Backend& be) const {
+    require(forward_tokens_ >= 0, "moe.expert_load: no forward has run yet");
+    std::vector<std::int32_t> offsets(std::size_t(route_.experts + 1));
+    be.download(offsets.data(), offsets_, offsets.size() * sizeof(std::int32_t));
+    std::vector<std::int64_t> load(std::size_t(route_.experts));
+    for (std::size_t e = 0; e < load.size(); ++e) load[e] = offsets[e + 1] - offsets[e];
+    return load;
+  }
+
+  // α, the weight of the sequence-wise balance loss (the report uses 0.0001); 0 turns the loss off.
+  void set_balance_weight(double alpha) {
+    require(std::isfinite(alpha) && alpha >= 0,
+            "moe.set_balance_weight: alpha must be finite and non-negative, got " + std::to_string(alpha));
+    balance_weight_ = alpha;
+  }
+  double balance_weight() const { return balance_weight_; }
+  // The tokens of the next forward form `batch` sequences of `seq` tokens (read only by the balance loss).
+  void set_sequences(std::int64_t batch, std::int64_t seq) {
+    require(batch > 0 && seq > 0, "moe.set_sequences: batch and seq must be positive, got batch " +
+                                      std::to_string(batch) + ", seq " + std::to_string(seq));
+    batch_ = batch;
+    seq_ = seq;
+  }
+  // The balance loss α · mean over sequences of Σ_i f_i P_i of the last forward, copied to the host; 0
+  // when that forward ran with α = 0 or no tokens.
+  template <class Backend>
+  double balance_loss(Backend& be) const {
+    if (balance_batch_ == 0) return 0.0;
+    std::vector<A> losses(static_cast<std::size_t>(balance_batch_));
+    be.download(losses.data(), balance_losses_, losses.size() * sizeof(A));
+    double sum = 0;
+    for (A l : losses) sum += double(l);
+    return sum;
+  }
+
   // x: (tokens, hidden), the normalised input → y: (tokens, hidden). tokens ≤ the planned count.
   template <class Backend>
   void forward(Backend& be, const moe_weights<T>& w, const T* x, T* y, std::int64_t tokens, std::byte* scratch) {
     check_call("forward", w, tokens);
+    const bool balanced = balance_weight_ > 0 && tokens > 0;
+    if (balanced && batch_ * seq_ != tokens)
+      throw error("moe.forward: the balance loss needs the sequence structure of the " + std::to_string(tokens) +
+                  " tokens; set_sequences gave batch " + std::to_string(batch_) + " × seq " + std::to_string(seq_));
     const scratch_layout s = layout(tokens);
     T* logits = at<T>(scratch, s.logits);  // (tokens, E)
     T* xs = at<T>(scratch, s.xs);          // (tokens·top_k, hidden)
     // The shared expert writes y and the routed path is combined onto it. (DeepSeek overlaps the shared
     // expert with the dispatch all-to-all; on one device the order is immaterial.)
     if (shared_inter_ > 0) shared_.forward(be, {w.shared_gate_up, w.shared_down}, x, y, tokens);
+    balance_batch_ = 0;
     route(be, w, x, logits, tokens);
+    if (balanced) {
+      moe_balance_loss(be, route_, coeff_, balance_losses_, scores_, indices_, batch_, seq_, balance_weight_);
+      balance_batch_ = batch_;
+      balance_seq_ = seq_;
+    }
+    forward_tokens_ = tokens;
     dispatch(be, x, xs, tokens);
     local_experts(be, w.experts, xs, tokens);
     combine(be, y, tokens, shared_inter_ > 0);
   }
 
   // dy: (tokens, hidden) → dx: (tokens, hidden) (=); grads += . Uses the activations of the last forward,
-  // which must have run on the same x.
+  // which must have run on the same x. When that forward computed a balance loss, its gradient is added:
+  // the result is the gradient of (Σ y · dy) + balance loss.
   template <class Backend>
   void backward(Backend& be, const moe_weights<T>& w, const moe_grads<T>& g, const T* x, const T* dy, T* dx,
                 std::int64_t tokens, std::byte* scratch) {
     check_call("backward", w, tokens);
     require(g.router && g.experts && (shared_inter_ == 0 || (g.shared_gate_up && g.shared_down)),
             "moe.backward: a gradient tensor (router, experts or shared expert) is null");
+    require(balance_batch_ == 0 || tokens == balance_batch_ * balance_seq_,
+            "moe.backward: " + std::to_string(tokens) + " tokens, but the last forward computed a balance loss over " +
+                std::to_string(balance_batch_ * balance_seq_));
     if (shared_inter_ > 0)
       shared_.backward(be, {w.shared_gate_up, w.shared_down}, {g.shared_gate_up, g.shared_down}, x, dy, dx, tokens,
                        scratch);
@@ -249,27 +317,34 @@ class moe {
     moe_dispatch_backward(be, dx, dxs, inv_perm_, tokens, route_.top_k, hidden_, accumulate);
   }
 
-  // d logits from d weights; dW_router += dlogitsᵀ · x; dx += dlogits · W_router.
+  // d logits from d weights (and the balance loss); dW_router += dlogitsᵀ · x; dx += dlogits · W_router.
   template <class Backend>
   void route_backward(Backend& be, const moe_weights<T>& w, const moe_grads<T>& g, const T* x, const A* dweights,
                       T* dlogits, T* dx, std::int64_t tokens) {
     const int e = route_.experts;
     moe_route_backward(be, route_, dlogits, dweights, scores_, indices_, tokens);                      // (tokens, E)
+    if (balance_batch_ > 0) moe_balance_backward(be, route_, dlogits, coeff_, scores_, balance_batch_, balance_seq_);
     gemm(be, true, false, e, hidden_, tokens, 1.0, dlogits, e, x, hidden_, 1.0, g.router, hidden_);    // (E, hidden)
     gemm(be, false, false, tokens, hidden_, e, 1.0, dlogits, e, w.router, hidden_, 1.0, dx, hidden_);  // (tokens, d)
   }
 
   route_params route_;
   std::int64_t hidden_ = 0, inter_ = 0, shared_inter_ = 0, tokens_ = 0;
+  std::int64_t forward_tokens_ = -1;                  // tokens of the last forward, −1 before the first
+  double balance_weight_ = 0;                         // α
+  std::int64_t batch_ = 0, seq_ = 0;                  // from set_sequences
+  std::int64_t balance_batch_ = 0, balance_seq_ = 0;  // the last forward's balance loss; batch 0 when none
   mlp<T> shared_;
   std::size_t scores_slot_ = 0, indices_slot_ = 0, weights_slot_ = 0, perm_slot_ = 0, inv_perm_slot_ = 0,
-              offsets_slot_ = 0, gu_slot_ = 0, h_slot_ = 0, eo_slot_ = 0;
+              offsets_slot_ = 0, gu_slot_ = 0, h_slot_ = 0, eo_slot_ = 0, coeff_slot_ = 0, balance_losses_slot_ = 0;
   A* scores_ = nullptr;               // (tokens, E) affinities
   std::int32_t* indices_ = nullptr;   // (tokens, top_k)
   A* weights_ = nullptr;              // (tokens, top_k)
   std::int32_t* perm_ = nullptr;      // (tokens·top_k)
   std::int32_t* inv_perm_ = nullptr;  // (tokens·top_k)
   std::int32_t* offsets_ = nullptr;   // (E + 1)
+  A* coeff_ = nullptr;                // (batch, E) balance-loss coefficients c of the last forward
+  A* balance_losses_ = nullptr;       // (batch) balance loss per sequence of the last forward
   T* gu_ = nullptr;                   // (tokens·top_k, 2·inter), expert order
   T* h_ = nullptr;                    // (tokens·top_k, inter), expert order
   T* eo_ = nullptr;                   // (tokens·top_k, hidden) expert outputs, unweighted, expert order

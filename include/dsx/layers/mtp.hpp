@@ -142,6 +142,7 @@ class mtp_module {
   const A* row_losses() const { return row_loss_; }
   // The MoE layer of the module's block, or null for a dense block.
   const moe<T>* sparse() const { return block_.sparse(); }
+  moe<T>* sparse() { return block_.sparse(); }
 
   // After forward on the same inputs. dh: (N, d) on entry d loss/d h^k from module k + 1 when
   // `dh_from_next` (otherwise its content is ignored); clobbered. dh_prev: (N, d) receives d loss/d h^{k−1},

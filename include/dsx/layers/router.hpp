@@ -15,6 +15,19 @@
 //
 // Gradients flow through the weights into the unbiased scores and the logits; the selection is a
 // constant of the backward pass (it is piecewise constant in the logits).
+//
+// Load balancing (DeepSeek-V3 report §2.1.2), per-token and per-expert formulas of both mechanisms:
+//   auxiliary-loss-free: after each training step b_i += γ · sign(mean load − load_i), the loads counted
+//     over the step's tokens (router_bias_step);
+//   sequence-wise balance loss (eqs. 17–20), per sequence of T tokens:
+//     L_Bal = α Σ_i f_i P_i,  f_i = E / (K T) · count_i,  P_i = (1/T) Σ_t s'_{i,t},
+//     s'_{i,t} = s_{i,t} / Σ_j s_{j,t}
+//     with count_i the tokens of the sequence that selected expert i and s the affinities over all E
+//     experts; a batch's loss is the mean over its B sequences. The report writes the indicator on the
+//     top-K of the unbiased scores; here count_i counts the experts actually selected (with the bias and
+//     the group limit), the routing the tokens really take. f is a constant of the backward pass; the
+//     gradient reaches the logits through P. With c_i = α f_i / (B T) the batch loss is
+//     Σ_t Σ_i c_i s'_{i,t} (router_balance_coefficient, router_balance_token_loss, router_balance_backward).
 #pragma once
 
 #include <cmath>
@@ -197,6 +210,58 @@ DSX_HD void router_backward(const route_params& p, G* dlogits, const A* dweights
   for (int k = 0; k < p.top_k; ++k) dot += dscore(k) * scores[indices[k]];
   for (int e = 0; e < p.experts; ++e) dlogits[e] = convert<G>(-scores[e] * dot);
   for (int k = 0; k < p.top_k; ++k) dlogits[indices[k]] = convert<G>(scores[indices[k]] * (dscore(k) - dot));
+}
+
+// c_i = α f_i / (B T) of an expert that `count` tokens of a sequence of `seq` tokens selected, in a batch of
+// `batch` sequences: α · E · count / (K · T · B · T).
+template <class A>
+DSX_HD A router_balance_coefficient(const route_params& p, std::int64_t count, std::int64_t batch, std::int64_t seq,
+                                    double alpha) {
+  return A(alpha * double(p.experts) * double(count) / (double(p.top_k) * double(seq) * double(batch) * double(seq)));
+}
+
+// One token's share of the balance loss: Σ_i c_i s_i / Σ_j s_j. coeff (E): its sequence's c; scores (E).
+template <class A>
+DSX_HD A router_balance_token_loss(const route_params& p, const A* coeff, const A* scores) {
+  A sum = 0, weighted = 0;
+  for (int e = 0; e < p.experts; ++e) {
+    sum += scores[e];
+    weighted += coeff[e] * scores[e];
+  }
+  return weighted / sum;
+}
+
+// dlogits (E) += d(router_balance_token_loss)/d logits. With S = Σ_j s_j and m = Σ_i c_i s_i / S, the
+// score gradient is ds_e = (c_e − m) / S; then dlogit_e = ds_e · s_e (1 − s_e) for sigmoid and
+// s_e (ds_e − Σ_j ds_j s_j) for softmax (where S = 1, so the sum vanishes up to rounding).
+template <class A, class G>
+DSX_HD void router_balance_backward(const route_params& p, G* dlogits, const A* coeff, const A* scores) {
+  A sum = 0, weighted = 0;
+  for (int e = 0; e < p.experts; ++e) {
+    sum += scores[e];
+    weighted += coeff[e] * scores[e];
+  }
+  const A mean = weighted / sum;
+  if (p.score == score_fn::sigmoid) {
+    for (int e = 0; e < p.experts; ++e) {
+      const A s = scores[e];
+      dlogits[e] = convert<G>(convert<A>(dlogits[e]) + (coeff[e] - mean) / sum * s * (A(1) - s));
+    }
+    return;
+  }
+  A dot = 0;  // Σ_j ds_j s_j
+  for (int e = 0; e < p.experts; ++e) dot += (coeff[e] - mean) / sum * scores[e];
+  for (int e = 0; e < p.experts; ++e)
+    dlogits[e] = convert<G>(convert<A>(dlogits[e]) + scores[e] * ((coeff[e] - mean) / sum - dot));
+}
+
+// The auxiliary-loss-free step of expert e's routing bias: γ · sign(mean − load), mean = total / E.
+// The sign is taken on integers, sign(total − E · load), so an expert at exactly the mean load (a tie)
+// does not move.
+template <class A>
+DSX_HD A router_bias_step(std::int64_t load, std::int64_t total, int experts, double gamma) {
+  const std::int64_t diff = total - std::int64_t(experts) * load;
+  return diff > 0 ? A(gamma) : diff < 0 ? A(-gamma) : A(0);
 }
 
 }  // namespace dsx

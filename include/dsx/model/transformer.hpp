@@ -11,6 +11,16 @@
 // L = L_main + (λ / D) Σ_k L_MTP^k, each term a mean over the positions that have a target; λ is set at
 // run time (set_mtp_weight). Inference (forward without loss, generate_greedy) never runs the modules.
 //
+// Load balancing (DeepSeek-V3 report §2.1.2; formulas in layers/router.hpp). With a balance weight α > 0
+// (set_balance_weight; 0 by default) every MoE layer, the MTP blocks' included, adds its complementary
+// sequence-wise balance loss to the training loss: L = L_main + (λ / D) Σ_k L_MTP^k + Σ_{MoE layers} L_Bal,
+// each L_Bal over all batch · seq positions its layer routes (an MTP block's too, those without a target
+// included: they are routed like the others).
+// The auxiliary-loss-free routing bias moves by update_routing_bias(γ), b_i += γ · sign(mean load − load_i),
+// from the expert loads that every forward with loss adds up per MoE layer: a training step calls
+// reset_expert_load(), runs its micro-batches, then update_routing_bias (γ = 0.001 in the report).
+// expert_loads and max_load_ratio report the accumulated loads.
+//
 // The configuration is a template argument, so an invalid one fails to compile and every count is a
 // constant; batch and sequence length are run-time values bounded by the sizes given at construction,
 // from which one activation arena is planned. Parameters and gradients are two flat buffers laid out by
@@ -66,6 +76,11 @@ class transformer {
     zero_grad();
     upload_rope_table();
     plan_activations();
+    for (int l = 0; l < C.layers + C.mtp_depth; ++l)
+      if (C.is_moe_layer(l)) moe_layers_.push_back(l);
+    load_mem_ = arena<Backend>(be_, moe_layers_.size() * std::size_t(C.moe.routed) * sizeof(std::int64_t));
+    load_ = reinterpret_cast<std::int64_t*>(load_mem_.data());
+    reset_expert_load();
   }
 
   const param_table& params() const { return table_; }
@@ -91,7 +106,8 @@ class transformer {
   // the mean cross-entropy of predicting token t+1 at position t (batch·(seq−1) positions), plus with MTP
   // (λ / D) Σ_k of module k's mean cross-entropy of predicting token t+k+1 (batch·(seq−k−1) positions; the
   // sequences need at least D + 2 tokens), and keeps what backward() needs; otherwise returns 0 and only
-  // the main model's logits are computed.
+  // the main model's logits are computed. With a balance weight α > 0 the loss includes every MoE layer's
+  // balance loss; a forward with loss adds the step's expert loads (see reset_expert_load).
   double forward(std::span<const std::int32_t> tokens, std::int64_t batch, std::int64_t seq, bool with_loss = true) {
     check_tokens(tokens, batch, seq);
     have_loss_ = false;
@@ -101,6 +117,7 @@ class transformer {
                   std::to_string(C.mtp_depth + 2) + " tokens, got " + std::to_string(seq));
     batch_ = batch;
     seq_ = seq;
+    for (int l : moe_layers_) moe_layer(l).set_sequences(batch, seq);
     const std::int64_t n = batch * seq, d = C.hidden;
     be_.upload(tokens_, tokens.data(), std::size_t(n) * sizeof(std::int32_t));
     embedding_forward(be_, res_[0], param(param_kind::embed), tokens_, n, d);  // (N, d)
@@ -126,6 +143,13 @@ class transformer {
         loss += weight * mtp_losses_[std::size_t(k - 1)];
       }
     }
+    balance_loss_ = 0;
+    for (std::size_t i = 0; i < moe_layers_.size(); ++i) {
+      const auto& m = moe_layer(moe_layers_[i]);
+      moe_expert_load_add(be_, load_ + i * C.moe.routed, m.expert_offsets(), C.moe.routed);
+      balance_loss_ += m.balance_loss(be_);
+    }
+    loss += balance_loss_;
     have_loss_ = true;
     return loss;
   }
@@ -141,6 +165,61 @@ class transformer {
     mtp_weight_ = lambda;
   }
   double mtp_weight() const { return mtp_weight_; }
+
+  // α, the weight of every MoE layer's sequence-wise balance loss (the report uses 0.0001; 0, the default,
+  // turns it off); takes effect at the next forward.
+  void set_balance_weight(double alpha) {
+    require(std::isfinite(alpha) && alpha >= 0,
+            "transformer: the balance loss weight must be finite and non-negative, got " + std::to_string(alpha));
+    for (int l : moe_layers_) moe_layer(l).set_balance_weight(alpha);
+    balance_weight_ = alpha;
+  }
+  double balance_weight() const { return balance_weight_; }
+  // The sum of the MoE layers' balance losses in the last forward(with_loss = true)'s loss.
+  double last_balance_loss() const { return balance_loss_; }
+
+  // The decoder layers with an MoE FFN, main stack then MTP blocks (layers .. layers + mtp_depth − 1).
+  const std::vector<int>& moe_layers() const { return moe_layers_; }
+  // Clears the expert loads accumulated by the forwards with loss.
+  void reset_expert_load() { be_.fill_zero(load_mem_.data(), load_mem_.bytes()); }
+  // Tokens that selected each routed expert of MoE layer `layer` (E), summed over the forwards with loss
+  // since the last reset_expert_load().
+  std::vector<std::int64_t> expert_loads(int layer) {
+    return download(load_ + load_index(layer) * C.moe.routed, C.moe.routed);
+  }
+  // max_i load_i / mean_i load_i of MoE layer `layer`'s accumulated loads (1 is perfect balance, E the
+  // worst); the loads must hold at least one token.
+  double max_load_ratio(int layer) {
+    const auto load = expert_loads(layer);
+    std::int64_t total = 0, max = 0;
+    for (std::int64_t v : load) {
+      total += v;
+      max = std::max(max, v);
+    }
+    require(total > 0, "transformer: MoE layer " + std::to_string(layer) +
+                           " has routed no token since reset_expert_load(); run a forward with loss first");
+    return double(max) * double(C.moe.routed) / double(total);
+  }
+  // The largest max_load_ratio(layer) over the MoE layers.
+  double max_load_ratio() {
+    require(!moe_layers_.empty(), "transformer: the model has no MoE layer (model_config.moe.routed is 0)");
+    double worst = 0;
+    for (int l : moe_layers_) worst = std::max(worst, max_load_ratio(l));
+    return worst;
+  }
+  // The auxiliary-loss-free step: every MoE layer's routing bias (e_score_correction_bias, in the
+  // parameter buffer) moves by b_i += γ · sign(mean load − load_i), from the loads accumulated since the
+  // last reset_expert_load(). An expert exactly at the mean does not move; without loads nothing moves.
+  void update_routing_bias(double gamma) {
+    static_assert(C.moe.bias, "dsx::transformer::update_routing_bias: the configuration has no routing bias "
+                              "(model_config.moe.bias is false)");
+    require(std::isfinite(gamma) && gamma >= 0,
+            "transformer: the routing bias update speed gamma must be finite and non-negative, got " +
+                std::to_string(gamma));
+    for (std::size_t i = 0; i < moe_layers_.size(); ++i)
+      moe_routing_bias_update(be_, param_data() + table_.offset(param_kind::router_bias, moe_layers_[i]),
+                              load_ + i * C.moe.routed, C.moe.routed, gamma);
+  }
 
   // Accumulates d(loss)/d(parameters) of the last forward(with_loss = true) into the gradient buffer.
   void backward() {
@@ -173,12 +252,7 @@ class transformer {
   // produced them. Layers layers .. layers + mtp_depth − 1 are the MTP modules' blocks (after a forward
   // with loss).
   std::vector<std::int32_t> routed_experts(int layer) {
-    require(layer >= 0 && layer < C.layers + C.mtp_depth,
-            "transformer: layer " + std::to_string(layer) + " is outside 0.." +
-                std::to_string(C.layers + C.mtp_depth - 1));
-    require(C.is_moe_layer(layer), "transformer: layer " + std::to_string(layer) + " is not an MoE layer");
-    const auto& m =
-        layer < C.layers ? *blocks_[std::size_t(layer)].sparse() : *mtp_[std::size_t(layer - C.layers)].sparse();
+    const auto& m = moe_layer(layer);
     std::vector<std::int32_t> out(std::size_t(batch_ * seq_ * C.moe.top_k));
     be_.download(out.data(), m.topk_indices(), out.size() * sizeof(std::int32_t));
     return out;
@@ -207,6 +281,8 @@ class transformer {
       const std::int64_t n = batch * len;
       be_.upload(tokens_, step.data(), std::size_t(n) * sizeof(std::int32_t));
       embedding_forward(be_, res_[0], param(param_kind::embed), tokens_, n, d);
+      for (int l : moe_layers_)
+        if (l < C.layers) moe_layer(l).set_sequences(batch, len);
       for (int l = 0; l < C.layers; ++l)
         blocks_[std::size_t(l)].decode(be_, weights(l), res_[l], res_[l + 1], batch, len, pos, caches[std::size_t(l)],
                                        cos_, sin_, scratch_);
@@ -244,6 +320,21 @@ class transformer {
             grad(param_kind::mtp_eh_proj, l), grads(l), grad(param_kind::mtp_head_norm, l),
             grad(param_kind::mtp_head, l)};
   }
+  // The MoE layer of decoder layer `layer` (main stack or MTP block).
+  moe<T>& moe_layer(int layer) {
+    require(layer >= 0 && layer < C.layers + C.mtp_depth,
+            "transformer: layer " + std::to_string(layer) + " is outside 0.." +
+                std::to_string(C.layers + C.mtp_depth - 1));
+    require(C.is_moe_layer(layer), "transformer: layer " + std::to_string(layer) + " is not an MoE layer");
+    moe<T>* m = layer < C.layers ? blocks_[std::size_t(layer)].sparse() : mtp_[std::size_t(layer - C.layers)].sparse();
+    return *m;
+  }
+  // Row of MoE layer `layer` in the load accumulator.
+  std::size_t load_index(int layer) {
+    moe_layer(layer);  // checks the layer
+    return std::size_t(std::find(moe_layers_.begin(), moe_layers_.end(), layer) - moe_layers_.begin());
+  }
+
   // h^{k−1}: the main model's last hidden state (before the final norm) for k = 1.
   const T* mtp_input(int k) const { return k == 1 ? res_[std::size_t(C.layers)] : mtp_h_[std::size_t(k - 2)]; }
 
@@ -352,9 +443,9 @@ class transformer {
   std::int64_t max_batch_, max_seq_;
   std::int64_t batch_ = 0, seq_ = 0;
   bool have_loss_ = false;
-  double lm_loss_ = 0, mtp_weight_ = 0.3;
+  double lm_loss_ = 0, mtp_weight_ = 0.3, balance_weight_ = 0, balance_loss_ = 0;
   std::vector<double> mtp_losses_ = std::vector<double>(std::size_t(C.mtp_depth), 0.0);
-  arena<Backend> params_, grads_, rope_mem_, acts_;
+  arena<Backend> params_, grads_, rope_mem_, acts_, load_mem_;
   A* cos_ = nullptr;
   A* sin_ = nullptr;
   std::vector<decoder_block<T>> blocks_;
@@ -373,6 +464,8 @@ class transformer {
   std::vector<T*> mtp_h_;                    // (N, d) h^k of module k at index k − 1
   std::vector<std::int32_t*> shifted_;       // (N) tokens shifted by j at index j = 0..D+1, −1 where none
   std::vector<T*> mtp_grad_;                 // (N, d) output gradients of modules k and k − 1
+  std::vector<int> moe_layers_;              // decoder layers with an MoE FFN, MTP blocks included
+  std::int64_t* load_ = nullptr;             // (moe_layers_, E) expert loads since reset_expert_load()
 };
 
 }  // namespace dsx

@@ -1,6 +1,7 @@
 // Mixture-of-experts primitives: routing over all tokens, the token permutation into expert order,
 // the gather of token rows into that order (dispatch), grouped GEMMs over the expert segments, and the
-// weighted combine back to token rows, each with its backward.
+// weighted combine back to token rows, each with its backward; and load balancing: the sequence-wise
+// balance loss with its backward, per-expert load counts and the auxiliary-loss-free bias update.
 //
 // Vocabulary: an assignment is one (token, k) pair, a = t · top_k + k; there are tokens · top_k of them.
 // Expert order lists the assignments sorted by expert id, stably (equal experts keep token order):
@@ -11,10 +12,12 @@
 // they are deterministic and need no atomics.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
 #include <string>
+#include <vector>
 
 #include "dsx/backend/host/gemm.hpp"
 #include "dsx/backend/host/host.hpp"
@@ -141,6 +144,75 @@ void gemm_grouped_wgrad(host& be, std::int64_t m, std::int64_t n, const T* a, co
     if (rows == 0) continue;
     gemm(be, true, false, m, n, rows, 1.0, a + first * m, m, b + first * n, n, 1.0, c + e * stride_c, n);
   }
+}
+
+// Sequence-wise balance loss (layers/router.hpp) of `batch` sequences of `seq` tokens, token t of sequence b
+// at row b · seq + t. From the selection indices (batch·seq, top_k) and the affinities scores
+// (batch·seq, E): coeff (batch, E) = the c_i of each sequence (=), and losses (batch) = the sum of
+// router_balance_token_loss over each sequence's tokens (=), i.e. (α / B) Σ_i f_i P_i of sequence b; the
+// batch's loss is the sum of `losses`.
+template <class A>
+void moe_balance_loss(host&, const route_params& p, A* coeff, A* losses, const A* scores, const std::int32_t* indices,
+                      std::int64_t batch, std::int64_t seq, double alpha) {
+  if (batch < 1 || seq < 1)
+    throw error("moe_balance_loss: batch " + std::to_string(batch) + " × seq " + std::to_string(seq) +
+                ", expected at least one sequence of at least one token");
+  if (!std::isfinite(alpha) || alpha < 0)
+    throw error("moe_balance_loss: the loss weight alpha is " + std::to_string(alpha) +
+                ", expected finite and non-negative");
+  std::vector<std::int64_t> counts(std::size_t(p.experts));
+  for (std::int64_t b = 0; b < batch; ++b) {
+    std::fill(counts.begin(), counts.end(), 0);
+    for (std::int64_t a = b * seq * p.top_k; a < (b + 1) * seq * p.top_k; ++a) {
+      if (indices[a] < 0 || indices[a] >= p.experts)
+        throw error("moe_balance_loss: assignment " + std::to_string(a) + " has expert id " +
+                    std::to_string(indices[a]) + ", expected [0, " + std::to_string(p.experts) + ")");
+      ++counts[std::size_t(indices[a])];
+    }
+    for (int e = 0; e < p.experts; ++e)
+      coeff[b * p.experts + e] = router_balance_coefficient<A>(p, counts[std::size_t(e)], batch, seq, alpha);
+  }
+#pragma omp parallel for schedule(static)
+  for (std::int64_t b = 0; b < batch; ++b) {
+    A sum = 0;
+    for (std::int64_t t = b * seq; t < (b + 1) * seq; ++t)
+      sum += router_balance_token_loss(p, coeff + b * p.experts, scores + t * p.experts);
+    losses[b] = sum;
+  }
+}
+
+// dlogits (batch·seq, E) += the balance loss's logit gradient, from moe_balance_loss's coeff (batch, E)
+// and the affinities scores (batch·seq, E).
+template <class T>
+void moe_balance_backward(host&, const route_params& p, T* dlogits, const accum_t<T>* coeff, const accum_t<T>* scores,
+                          std::int64_t batch, std::int64_t seq) {
+#pragma omp parallel for schedule(static)
+  for (std::int64_t t = 0; t < batch * seq; ++t)
+    router_balance_backward(p, dlogits + t * p.experts, coeff + t / seq * p.experts, scores + t * p.experts);
+}
+
+// load (E) += the assignments of each expert in an expert order: load[e] += offsets[e + 1] − offsets[e].
+inline void moe_expert_load_add(host&, std::int64_t* load, const std::int32_t* offsets, int experts) {
+  for (int e = 0; e < experts; ++e) load[e] += offsets[e + 1] - offsets[e];
+}
+
+// The auxiliary-loss-free update of a routing bias (E) from the loads (E) of a step:
+// bias[e] += γ · sign(mean load − load[e]) (router_bias_step), computed in accum_t<T>.
+template <class T>
+void moe_routing_bias_update(host&, T* bias, const std::int64_t* load, int experts, double gamma) {
+  using A = accum_t<T>;
+  if (!std::isfinite(gamma) || gamma < 0)
+    throw error("moe_routing_bias_update: the update speed gamma is " + std::to_string(gamma) +
+                ", expected finite and non-negative");
+  std::int64_t total = 0;
+  for (int e = 0; e < experts; ++e) {
+    if (load[e] < 0)
+      throw error("moe_routing_bias_update: expert " + std::to_string(e) + " has load " + std::to_string(load[e]) +
+                  ", expected a non-negative count");
+    total += load[e];
+  }
+  for (int e = 0; e < experts; ++e)
+    bias[e] = convert<T>(convert<A>(bias[e]) + router_bias_step<A>(load[e], total, experts, gamma));
 }
 
 // Combine: y (tokens, hidden) (=, or += when accumulate), y[t] = Σ_k w[t, k] · eo[inv_perm[t · top_k + k]];

@@ -24,4 +24,14 @@ void copy_rows(host&, T* y, std::int64_t y_stride, const T* x, std::int64_t x_st
     for (std::int64_t i = 0; i < cols; ++i) y[r * y_stride + i] = x[r * x_stride + i];
 }
 
+// Σ x², accumulated in f64: the global gradient norm for clipping, and a finiteness test (NaN or Inf
+// anywhere makes the sum non-finite).
+template <class T>
+double sum_squares(host&, const T* x, std::int64_t n) {
+  double s = 0;
+#pragma omp parallel for schedule(static) reduction(+ : s)
+  for (std::int64_t i = 0; i < n; ++i) s += double(x[i]) * double(x[i]);
+  return s;
+}
+
 }  // namespace dsx::backend
