@@ -69,4 +69,37 @@ static_assert(validate(v3_671b, parallel_layout{.data = 16, .expert = 64, .pipel
 static_assert(params_total(v3_671b) == 671'026'419'200);
 static_assert(params_activated(v3_671b) == 37'552'297'472);
 
+// A DeepSeek-V3-shaped MoE that trains on one 80 GB GPU (the GPU benchmark's training model,
+// benchmarks/gpu): V3's MLA head shapes, sigmoid routing with correction bias over 8 groups of which 4
+// are kept, 64 fine-grained experts of width hidden / 4 (V3: 2048 / 7168) with 6 routed and 2 shared per
+// token, and a dense FFN as wide as the activated experts together ((top_k + shared) · inter, as V3's
+// 18432 = 9 · 2048). 2.58 B parameters in total, 0.57 B activated per token.
+//
+// Memory of training at batch × seq = 8 × 2048 (16384 tokens) with precision::bf16 (bf16 weights and
+// activations, f32 master weights, gradients and AdamW moments):
+//   state        2'581'530'304 parameters: 2 (bf16) + 4 (master) + 4 (grad) + 2 · 4 (moments) bytes each
+//                = 46.47 GB (plan_memory below)
+//   activations  the transformer's arena at 16384 tokens, bf16: 13 residual streams 0.87 GB, the dense
+//                layer 1.03 GB, each of the 11 MoE layers 1.44 GB (per token and layer: MLA 12'864 values
+//                (q_a and its norm 2 · 768, q 3072, kv_a 576, c_KV 512, k 3072, v 2048, o 2048), block
+//                norms and mid 3 · 2048, routed expert inputs and outputs 6 · (3 · 512 + 2048), shared
+//                expert 3 · 1024), logits and their gradient 2 · 16384 · 32768 · 2 = 2.15 GB, shared
+//                scratch 1.24 GB: 21.28 GB
+//   total        67.75 GB of 80 GB, leaving room for the cuBLASLt workspace and the allocator.
+// Kept in f32 throughout (precision::f32, no master copy), the activations double to 42.48 GB and the
+// state is 41.30 GB: 83.8 GB, which does not fit.
+inline constexpr model_config gpu_1b{
+    .vocab = 32768, .hidden = 2048, .layers = 12, .dense_layers = 1, .dense_inter = 4096,
+    .mla = {.heads = 16, .q_lora = 768, .kv_lora = 512, .nope = 128, .rope = 64, .v = 128},
+    .moe = {.routed = 64, .shared = 2, .top_k = 6, .groups = 8, .top_groups = 4, .score = score_fn::sigmoid,
+            .norm_topk = true, .route_scale = 2.5, .bias = true, .inter = 512},
+    .rope = {.theta = 10000.0},
+    .rms_eps = 1e-6, .mtp_depth = 0, .max_positions = 4096};
+static_assert(validate(gpu_1b));
+static_assert(gpu_1b.dense_inter == (gpu_1b.moe.top_k + gpu_1b.moe.shared) * gpu_1b.moe.inter);
+static_assert(params_total(gpu_1b) == 2'581'530'304);
+static_assert(params_activated(gpu_1b) == 574'555'840);
+static_assert(plan_memory(gpu_1b, precision::bf16).total() == 46'467'534'208);
+static_assert(plan_memory(gpu_1b, precision::f32).total() == 41'304'476'416);
+
 }  // namespace dsx::presets

@@ -101,7 +101,8 @@ __global__ void moe_route_backward_kernel(const route_params p, T* dlogits, cons
 
 // values[a] = a (the payload the sort permutes), and the first assignment whose id is outside [0, E)
 // into *first_bad (which starts as moe_all_valid).
-__global__ void moe_sort_prepare_kernel(std::int32_t* values, std::uint32_t* first_bad, const std::int32_t* indices,
+// Kernels that are not templates are `static`: this header is included by many translation units.
+static __global__ void moe_sort_prepare_kernel(std::int32_t* values, std::uint32_t* first_bad, const std::int32_t* indices,
                                         std::int64_t assignments, int experts) {
   for (std::int64_t a = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; a < assignments;
        a += std::int64_t(gridDim.x) * blockDim.x) {
@@ -115,7 +116,7 @@ __global__ void moe_sort_prepare_kernel(std::int32_t* values, std::uint32_t* fir
 // so every entry is written exactly once when the ids are sorted, with no histogram atomics and no
 // scan. With a bad id the order is by its low bits only, and the offsets carry the error instead
 // (offsets[0] = −1 − a, offsets[1] = indices[a]); every entry is still written, none out of bounds.
-__global__ void moe_sort_finish_kernel(std::int32_t* inv_perm, std::int32_t* offsets, const std::uint32_t* sorted_ids,
+static __global__ void moe_sort_finish_kernel(std::int32_t* inv_perm, std::int32_t* offsets, const std::uint32_t* sorted_ids,
                                        const std::int32_t* perm, const std::int32_t* indices,
                                        const std::uint32_t* first_bad, std::int64_t n, int experts) {
   const std::uint32_t bad = *first_bad;
@@ -254,7 +255,7 @@ __global__ void moe_balance_backward_kernel(const route_params p, T* dlogits, co
     router_balance_backward(p, dlogits + t * p.experts, coeff + t / seq * p.experts, scores + t * p.experts);
 }
 
-__global__ void moe_expert_load_add_kernel(std::int64_t* load, const std::int32_t* offsets, int experts) {
+static __global__ void moe_expert_load_add_kernel(std::int64_t* load, const std::int32_t* offsets, int experts) {
   for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < experts; e += gridDim.x * blockDim.x)
     load[e] += offsets[e + 1] - offsets[e];
 }
