@@ -4,12 +4,15 @@
 #include <fmt/core.h>
 
 #include <filesystem>
+#include <fstream>
+#include <iostream>
 #include <string>
 
 #include "dsx/backend/host/all.hpp"
 #include "dsx/config/counts.hpp"
 #include "dsx/config/presets.hpp"
 #include "dsx/config/reflect.hpp"
+#include "dsx/data/tokenizer.hpp"
 #include "dsx/model/golden.hpp"
 
 namespace dsx::tool {
@@ -72,6 +75,19 @@ int verify(const std::filesystem::path& model_dir, const std::filesystem::path& 
   report("f32", verify_golden<C, precision::f32>(be, model_dir, golden, golden_f32_tolerance));
   fmt::print("{} checks failed\n", failed);
   return failed == 0 ? 0 : 2;
+}
+
+// `tokenize`: one {"ids": [...]} line per {"text": ...} line of the input.
+inline int tokenize(const std::filesystem::path& tokenizer, const std::string& input, bool add_special) {
+  const auto tok = bpe_tokenizer::load(tokenizer);
+  if (input.empty()) {
+    tokenize_jsonl(tok, std::cin, std::cout, add_special, "<stdin>");
+  } else {
+    std::ifstream in(input);
+    require(bool(in), "tokenize: cannot open input '" + input + "'");
+    tokenize_jsonl(tok, in, std::cout, add_special, input);
+  }
+  return 0;
 }
 
 }  // namespace dsx::tool

@@ -4,6 +4,8 @@
 //
 //   dsx-<model> info                                   configuration, counts, FLOPs, memory plan
 //   dsx-<model> verify <model_dir> <golden.safetensors> every golden check in f64 and f32
+//   dsx-<model> tokenize --tokenizer PATH [--input FILE.jsonl] [--add-special]
+//   dsx-<model> bench sgemm | train [--batch B --seq T --steps N]   speed on this machine
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
 
@@ -12,6 +14,7 @@
 #include <exception>
 
 #include DSX_MODEL_HEADER
+#include "bench.hpp"
 #include "commands.hpp"
 
 static_assert(dsx::validate(dsx_model::config), "the generated model configuration is invalid");
@@ -31,10 +34,35 @@ int main(int argc, char** argv) {
   verify->add_option("model_dir", model_dir, "HF model folder (config.json + *.safetensors)")->required();
   verify->add_option("golden", golden, "golden.safetensors (inputs.* and expected.*)")->required();
 
+  auto* bench = app.add_subcommand("bench", "measure speed on this machine");
+  bench->require_subcommand(1);
+  int threads = 0;
+  auto* bench_sgemm = bench->add_subcommand("sgemm", "the f32 GEMM peak that MFU is measured against");
+  auto* bench_train = bench->add_subcommand("train", "f32 training steps (forward, backward, clipping, AdamW) on the host");
+  for (auto* sub : {bench_sgemm, bench_train})
+    sub->add_option("--threads", threads, "OpenMP and OpenBLAS threads (default: the environment's)");
+  std::int64_t bench_batch = 8, bench_seq = 128;
+  int bench_steps = 10, bench_warmup = 2;
+  bench_train->add_option("--batch", bench_batch, "sequences per step")->check(CLI::PositiveNumber);
+  bench_train->add_option("--seq", bench_seq, "tokens per sequence")->check(CLI::Range(std::int64_t(2), std::int64_t(dsx_model::config.max_positions)));
+  bench_train->add_option("--steps", bench_steps, "timed steps")->check(CLI::PositiveNumber);
+  bench_train->add_option("--warmup", bench_warmup, "untimed steps first")->check(CLI::NonNegativeNumber);
+
+  auto* tokenize = app.add_subcommand("tokenize", "encode {\"text\": ...} JSONL documents as {\"ids\": [...]} lines");
+  std::string tokenizer_path, tokenize_input;
+  bool add_special = false;
+  tokenize->add_option("--tokenizer", tokenizer_path, "HF tokenizer.json (plain or .gz)")->required();
+  tokenize->add_option("--input", tokenize_input, "JSONL file (default: standard input)");
+  tokenize->add_flag("--add-special", add_special, "add the tokenizer's special tokens (its post-processor)");
+
   CLI11_PARSE(app, argc, argv);
   try {
     if (*info) return dsx::tool::info<dsx_model::config>(dsx_model::name, info_seq);
     if (*verify) return dsx::tool::verify<dsx_model::config>(model_dir, golden);
+    if (*tokenize) return dsx::tool::tokenize(tokenizer_path, tokenize_input, add_special);
+    if (*bench_sgemm) return dsx::tool::bench_sgemm(threads);
+    if (*bench_train)
+      return dsx::tool::bench_train<dsx_model::config>(bench_batch, bench_seq, bench_steps, bench_warmup, threads);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "dsx-%s: error: %s\n", dsx_model::name, e.what());
     return 1;

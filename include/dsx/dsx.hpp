@@ -1,0 +1,23 @@
+// Umbrella header: the whole host-side public API of dsx.
+#pragma once
+
+#include "dsx/config/checks.hpp"
+#include "dsx/config/counts.hpp"
+#include "dsx/config/model_config.hpp"
+#include "dsx/config/parallel.hpp"
+#include "dsx/config/param_spec.hpp"
+#include "dsx/config/precision.hpp"
+#include "dsx/config/presets.hpp"
+#include "dsx/core/arena.hpp"
+#include "dsx/core/error.hpp"
+#include "dsx/core/numeric.hpp"
+#include "dsx/backend/host/all.hpp"
+#include "dsx/layers/block.hpp"
+#include "dsx/layers/mla.hpp"
+#include "dsx/layers/mlp.hpp"
+#include "dsx/layers/moe.hpp"
+#include "dsx/layers/mtp.hpp"
+#include "dsx/layers/rope.hpp"
+#include "dsx/layers/router.hpp"
+#include "dsx/model/params.hpp"
+#include "dsx/model/transformer.hpp"

@@ -1,0 +1,16 @@
+// Attention heads that do not split over the tensor-parallel ranks: rejected by the layout rules
+// of dsx::validate.
+// expect: "parallel.tensor", "must divide mla.heads"
+#include "base_config.hpp"
+
+constexpr dsx::parallel_layout layout{.tensor = 2};  // heads = 3
+
+#if DSX_CHECK_VIA_TEMPLATE
+template <dsx::model_config C, dsx::parallel_layout P>
+struct model {
+  static_assert(dsx::validate(C, P));
+};
+template struct model<dsx::test::base_config, layout>;
+#else
+static_assert(dsx::validate(dsx::test::base_config, layout));
+#endif

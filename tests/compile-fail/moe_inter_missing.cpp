@@ -1,0 +1,19 @@
+// Routed experts without an expert FFN width: rejected by dsx::validate(model_config).
+// expect: "moe.inter", "must be positive when there are routed experts"
+#include "base_config.hpp"
+
+constexpr dsx::model_config cfg = [] {
+  auto c = dsx::test::base_config;
+  c.moe.inter = 0;
+  return c;
+}();
+
+#if DSX_CHECK_VIA_TEMPLATE
+template <dsx::model_config C>
+struct model {
+  static_assert(dsx::validate(C));
+};
+template struct model<cfg>;
+#else
+static_assert(dsx::validate(cfg));
+#endif

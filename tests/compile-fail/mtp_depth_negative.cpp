@@ -1,0 +1,19 @@
+// A negative number of MTP modules: rejected by dsx::validate(model_config).
+// expect: "mtp_depth", "must not be negative"
+#include "base_config.hpp"
+
+constexpr dsx::model_config cfg = [] {
+  auto c = dsx::test::base_config;
+  c.mtp_depth = -1;
+  return c;
+}();
+
+#if DSX_CHECK_VIA_TEMPLATE
+template <dsx::model_config C>
+struct model {
+  static_assert(dsx::validate(C));
+};
+template struct model<cfg>;
+#else
+static_assert(dsx::validate(cfg));
+#endif

@@ -1,0 +1,19 @@
+// RMSNorm without epsilon: rejected by dsx::validate(model_config).
+// expect: "rms_eps", "must be positive"
+#include "base_config.hpp"
+
+constexpr dsx::model_config cfg = [] {
+  auto c = dsx::test::base_config;
+  c.rms_eps = 0.0;
+  return c;
+}();
+
+#if DSX_CHECK_VIA_TEMPLATE
+template <dsx::model_config C>
+struct model {
+  static_assert(dsx::validate(C));
+};
+template struct model<cfg>;
+#else
+static_assert(dsx::validate(cfg));
+#endif

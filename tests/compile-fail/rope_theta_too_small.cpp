@@ -1,0 +1,19 @@
+// A RoPE base that does not make frequencies decrease: rejected by dsx::validate(model_config).
+// expect: "rope.theta", "must be greater than 1"
+#include "base_config.hpp"
+
+constexpr dsx::model_config cfg = [] {
+  auto c = dsx::test::base_config;
+  c.rope.theta = 1.0;
+  return c;
+}();
+
+#if DSX_CHECK_VIA_TEMPLATE
+template <dsx::model_config C>
+struct model {
+  static_assert(dsx::validate(C));
+};
+template struct model<cfg>;
+#else
+static_assert(dsx::validate(cfg));
+#endif

@@ -1,0 +1,20 @@
+// YaRN without the original context length: rejected by dsx::validate(model_config).
+// expect: "rope.yarn.original_max_positions", "must be positive when YaRN is active"
+#include "base_config.hpp"
+
+constexpr dsx::model_config cfg = [] {
+  auto c = dsx::test::base_config;
+  c.rope.yarn.factor = 40.0;
+  c.rope.yarn.original_max_positions = 0;
+  return c;
+}();
+
+#if DSX_CHECK_VIA_TEMPLATE
+template <dsx::model_config C>
+struct model {
+  static_assert(dsx::validate(C));
+};
+template struct model<cfg>;
+#else
+static_assert(dsx::validate(cfg));
+#endif
