@@ -67,7 +67,12 @@ void check_adamw(cuda_backend& be, std::int64_t n, std::int64_t offset, std::uin
                  std::int64_t(ranges.size()));
     adamw_update(hb, p.data() + offset, g.data() + offset, m.data() + offset, v.data() + offset, n, hp, ranges.data(),
                  std::int64_t(ranges.size()));
-    check_close("params", dp.download(), p, tolerance<T>);
+    // bf16 moments: host and device may round the same moment to neighbouring bf16 values when their f32
+    // arithmetic differs in the last bit (FMA contraction); such an element's next step then differs by up
+    // to lr · 2⁻⁸ of its size, about 1e-5 of max |p| here (seen on an H100: 1.009e-5), so the parameters get
+    // a bound above that.
+    const double param_tol = std::is_same_v<M, dsx::bf16> ? std::max(tolerance<T>, 1e-4) : tolerance<T>;
+    check_close("params", dp.download(), p, param_tol);
     check_close("m", dm.download(), m, tolerance<M>);
     check_close("v", dv.download(), v, tolerance<M>);
   }
