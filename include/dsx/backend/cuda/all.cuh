@@ -12,3 +12,4 @@
 #include "dsx/backend/cuda/tensor_ops.cuh"
 #include "dsx/backend/cuda/attention.cuh"
 #include "dsx/backend/cuda/moe.cuh"
+#include "dsx/backend/cuda/fp8.cuh"

@@ -1,7 +1,8 @@
 // cuBLASLt matmuls with cached plans. cuBLASLt's heuristic query costs far more than a small GEMM, and a
 // training step repeats the same few shapes, so each distinct problem (types, transposes, sizes, leading
 // dimensions, batch, strides and pointer alignment) gets its descriptors and algorithm once and reuses them.
-// Everything here is in cuBLASLt's column-major terms; gemm.cuh maps dsx's row-major GEMMs onto it.
+// Everything here is in cuBLASLt's column-major terms; gemm.cuh maps dsx's row-major GEMMs onto it, and
+// fp8.cuh its FP8 block-scaled GEMMs (run_scaled).
 // Not thread-safe: one lt_matmul belongs to one backend object, which belongs to one host thread.
 #pragma once
 
@@ -13,6 +14,7 @@
 #include <functional>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "dsx/backend/cuda/check.cuh"
 
@@ -28,6 +30,13 @@ struct lt_problem {
   std::int64_t m, n, k, lda, ldb, ldc;
   std::int64_t batch, stride_a, stride_b, stride_c;
   std::uint32_t align_a, align_b, align_c;  // guaranteed alignment of every batch's operand, bytes (≤ 256)
+  // FP8 block scaling (cuBLAS ≥ 12.9 on Hopper): A and B hold `data` (E4M3) with f32 scale tensors in the
+  // modes scale_mode_a / scale_mode_b, and C and D hold `out`. When false (every other GEMM) these three
+  // fields are unused and C and D hold `data`.
+  bool fp8_block = false;
+  cudaDataType_t out = CUDA_R_32F;
+  cublasLtMatmulMatrixScale_t scale_mode_a = CUBLASLT_MATMUL_MATRIX_SCALE_SCALAR_32F;
+  cublasLtMatmulMatrixScale_t scale_mode_b = CUBLASLT_MATMUL_MATRIX_SCALE_SCALAR_32F;
   bool operator==(const lt_problem&) const = default;
 };
 
@@ -37,7 +46,9 @@ struct lt_problem_hash {
     auto mix = [&h](std::int64_t v) { h ^= std::hash<std::int64_t>{}(v) + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2); };
     for (std::int64_t v : {std::int64_t(p.data), std::int64_t(p.compute), std::int64_t(p.scale), std::int64_t(p.op_a),
                            std::int64_t(p.op_b), p.m, p.n, p.k, p.lda, p.ldb, p.ldc, p.batch, p.stride_a, p.stride_b,
-                           p.stride_c, std::int64_t(p.align_a), std::int64_t(p.align_b), std::int64_t(p.align_c)})
+                           p.stride_c, std::int64_t(p.align_a), std::int64_t(p.align_b), std::int64_t(p.align_c),
+                           std::int64_t(p.fp8_block), std::int64_t(p.out), std::int64_t(p.scale_mode_a),
+                           std::int64_t(p.scale_mode_b)})
       mix(v);
     return h;
   }
@@ -75,6 +86,25 @@ class lt_matmul {
     const plan& pl = plan_for(p);
     DSX_CUBLAS_CHECK(cublasLtMatmul(handle_, pl.op, alpha, a, pl.a, b, pl.b, beta, c, pl.c, c, pl.c, &pl.algo,
                                     workspace_, workspace_bytes_, stream));
+  }
+
+  // The FP8 block-scaled matmul D = op(A)·op(B) (alpha = 1, beta = 0) with device scale tensors `a_scale`
+  // and `b_scale` in the layouts of p.scale_mode_a / p.scale_mode_b. Returns false, enqueuing nothing,
+  // when cuBLASLt has no algorithm for the problem (older cuBLAS, a GPU other than Hopper, unsupported
+  // sizes or alignment); the answer is cached like a plan.
+  bool run_scaled(const lt_problem& p, const void* a, const float* a_scale, const void* b, const float* b_scale,
+                  void* d, cudaStream_t stream) {
+    require(p.fp8_block, "lt_matmul::run_scaled: the problem is not an FP8 block-scaled one: " + describe(p));
+    const plan* pl = find_plan(p);
+    if (!pl) return false;
+    DSX_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(pl->op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &a_scale,
+                                                    sizeof(a_scale)));
+    DSX_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(pl->op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &b_scale,
+                                                    sizeof(b_scale)));
+    const float one = 1.0f, zero = 0.0f;
+    DSX_CUBLAS_CHECK(cublasLtMatmul(handle_, pl->op, &one, a, pl->a, b, pl->b, &zero, d, pl->c, d, pl->c, &pl->algo,
+                                    workspace_, workspace_bytes_, stream));
+    return true;
   }
 
   // How often the heuristic ran and how many plans are cached (tests check that repeats hit the cache).
@@ -122,8 +152,20 @@ class lt_matmul {
   }
 
   const plan& plan_for(const lt_problem& p) {
-    if (auto it = plans_.find(p); it != plans_.end()) return it->second;
+    const plan* pl = find_plan(p);
+    if (!pl) throw error("cuBLASLt: no algorithm for the GEMM " + describe(p));
+    return *pl;
+  }
+
+  // The cached plan of `p`, made on first use. With no algorithm: an ordinary GEMM throws; an FP8
+  // block-scaled one (also when the heuristic answers "not supported") gives nullptr, remembered in
+  // `unsupported_` so that the fallback is chosen without asking again.
+  const plan* find_plan(const lt_problem& p) {
+    if (auto it = plans_.find(p); it != plans_.end()) return &it->second;
+    if (unsupported_.count(p)) return nullptr;
     plan pl;
+    cublasLtMatmulHeuristicResult_t result{};
+    int found = 0;
     cublasLtMatmulPreference_t pref = nullptr;
     try {
       DSX_CUBLAS_CHECK(cublasLtMatmulDescCreate(&pl.op, p.compute, p.scale));
@@ -132,7 +174,13 @@ class lt_matmul {
       const bool na = p.op_a == CUBLAS_OP_N, nb = p.op_b == CUBLAS_OP_N;
       pl.a = make_layout(p.data, na ? p.m : p.k, na ? p.k : p.m, p.lda, p.batch, p.stride_a);
       pl.b = make_layout(p.data, nb ? p.k : p.n, nb ? p.n : p.k, p.ldb, p.batch, p.stride_b);
-      pl.c = make_layout(p.data, p.m, p.n, p.ldc, p.batch, p.stride_c);
+      pl.c = make_layout(p.fp8_block ? p.out : p.data, p.m, p.n, p.ldc, p.batch, p.stride_c);
+      if (p.fp8_block) {
+        DSX_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(pl.op, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &p.scale_mode_a,
+                                                        sizeof(p.scale_mode_a)));
+        DSX_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(pl.op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &p.scale_mode_b,
+                                                        sizeof(p.scale_mode_b)));
+      }
 
       DSX_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
       const std::uint64_t ws = workspace_bytes_;
@@ -146,19 +194,28 @@ class lt_matmul {
                                                             &p.align_c, sizeof(p.align_c)));
       DSX_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
                                                             &p.align_c, sizeof(p.align_c)));
-      cublasLtMatmulHeuristicResult_t result{};
-      int found = 0;
       ++queries_;
-      DSX_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(handle_, pl.op, pl.a, pl.b, pl.c, pl.c, pref, 1, &result, &found));
-      if (found == 0) throw error("cuBLASLt: no algorithm for the GEMM " + describe(p));
+      const cublasStatus_t status =
+          cublasLtMatmulAlgoGetHeuristic(handle_, pl.op, pl.a, pl.b, pl.c, pl.c, pref, 1, &result, &found);
+      if (!(p.fp8_block && status == CUBLAS_STATUS_NOT_SUPPORTED))
+        check_cublas(status, "cublasLtMatmulAlgoGetHeuristic", __FILE__, __LINE__);
+      else
+        found = 0;
       pl.algo = result.algo;
       cublasLtMatmulPreferenceDestroy(pref);
+      pref = nullptr;
     } catch (...) {
       if (pref) cublasLtMatmulPreferenceDestroy(pref);
       destroy(pl);
       throw;
     }
-    return plans_.emplace(p, pl).first->second;
+    if (found == 0) {
+      destroy(pl);
+      if (!p.fp8_block) throw error("cuBLASLt: no algorithm for the GEMM " + describe(p));
+      unsupported_.insert(p);
+      return nullptr;
+    }
+    return &plans_.emplace(p, pl).first->second;
   }
 
   cublasLtHandle_t handle_ = nullptr;
@@ -166,6 +223,7 @@ class lt_matmul {
   std::size_t workspace_bytes_ = 0;
   std::size_t queries_ = 0;
   std::unordered_map<lt_problem, plan, lt_problem_hash> plans_;
+  std::unordered_set<lt_problem, lt_problem_hash> unsupported_;
 };
 
 }  // namespace dsx::backend::cuda_detail

@@ -11,3 +11,4 @@
 #include "dsx/backend/host/tensor_ops.hpp"
 #include "dsx/backend/host/moe.hpp"
 #include "dsx/backend/host/attention.hpp"
+#include "dsx/backend/host/fp8.hpp"
