@@ -6,6 +6,7 @@
 //   dsx-<model> verify <model_dir> <golden.safetensors> every golden check in f64 and f32
 //   dsx-<model> tokenize --tokenizer PATH [--input FILE.jsonl] [--add-special]
 //   dsx-<model> bench sgemm | train [--batch B --seq T --steps N]   speed on this machine
+//   dsx-<model> train [--data PATH] --steps N --out DIR [--resume] [options]   pre-training
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
 
@@ -16,6 +17,7 @@
 #include DSX_MODEL_HEADER
 #include "bench.hpp"
 #include "commands.hpp"
+#include "train.hpp"
 
 static_assert(dsx::validate(dsx_model::config), "the generated model configuration is invalid");
 
@@ -55,11 +57,16 @@ int main(int argc, char** argv) {
   tokenize->add_option("--input", tokenize_input, "JSONL file (default: standard input)");
   tokenize->add_flag("--add-special", add_special, "add the tokenizer's special tokens (its post-processor)");
 
+  auto* train = app.add_subcommand("train", "pre-train the model (f32, host): metrics, plot and resumable checkpoints");
+  dsx::tool::train_args train_args;
+  dsx::tool::add_train_flags(*train, train_args, dsx_model::config.max_positions);
+
   CLI11_PARSE(app, argc, argv);
   try {
     if (*info) return dsx::tool::info<dsx_model::config>(dsx_model::name, info_seq);
     if (*verify) return dsx::tool::verify<dsx_model::config>(model_dir, golden);
     if (*tokenize) return dsx::tool::tokenize(tokenizer_path, tokenize_input, add_special);
+    if (*train) return dsx::tool::train<dsx_model::config>(train_args);
     if (*bench_sgemm) return dsx::tool::bench_sgemm(threads);
     if (*bench_train)
       return dsx::tool::bench_train<dsx_model::config>(bench_batch, bench_seq, bench_steps, bench_warmup, threads);

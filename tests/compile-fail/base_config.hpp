@@ -16,4 +16,26 @@ inline constexpr model_config base_config{
     .rope = {.theta = 10000.0},
     .rms_eps = 1e-6, .mtp_depth = 0, .max_positions = 64};
 
+#if DSX_CHECK_VIA_TEMPLATE
+template <model_config C>
+struct checked_config {
+  static_assert(validate(C));
+};
+template <model_config C, parallel_layout P>
+struct checked_layout {
+  static_assert(validate(C, P));
+};
+#endif
+
 }  // namespace dsx::test
+
+// How a case checks its configuration, or its configuration with a parallel layout, in the two forms
+// tests/CMakeLists.txt compiles it in: with static_assert(dsx::validate(...)) (DSX_CHECK_VIA_TEMPLATE=0),
+// or through a template that takes them as non-type template arguments (DSX_CHECK_VIA_TEMPLATE=1).
+#if DSX_CHECK_VIA_TEMPLATE
+#define DSX_CHECK_CONFIG(cfg) template struct dsx::test::checked_config<cfg>
+#define DSX_CHECK_LAYOUT(cfg, layout) template struct dsx::test::checked_layout<cfg, layout>
+#else
+#define DSX_CHECK_CONFIG(cfg) static_assert(dsx::validate(cfg))
+#define DSX_CHECK_LAYOUT(cfg, layout) static_assert(dsx::validate(cfg, layout))
+#endif

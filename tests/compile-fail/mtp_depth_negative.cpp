@@ -8,12 +8,4 @@ constexpr dsx::model_config cfg = [] {
   return c;
 }();
 
-#if DSX_CHECK_VIA_TEMPLATE
-template <dsx::model_config C>
-struct model {
-  static_assert(dsx::validate(C));
-};
-template struct model<cfg>;
-#else
-static_assert(dsx::validate(cfg));
-#endif
+DSX_CHECK_CONFIG(cfg);

@@ -5,12 +5,4 @@
 
 constexpr dsx::parallel_layout layout{.data = 2, .expert = 8, .pipeline = 3, .tensor = 3};
 
-#if DSX_CHECK_VIA_TEMPLATE
-template <dsx::model_config C, dsx::parallel_layout P>
-struct model {
-  static_assert(dsx::validate(C, P));
-};
-template struct model<dsx::test::base_config, layout>;
-#else
-static_assert(dsx::validate(dsx::test::base_config, layout));
-#endif
+DSX_CHECK_LAYOUT(dsx::test::base_config, layout);

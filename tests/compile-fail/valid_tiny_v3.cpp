@@ -6,12 +6,4 @@
 
 static_assert(dsx::test::base_config == dsx::presets::tiny_v3);
 
-#if DSX_CHECK_VIA_TEMPLATE
-template <dsx::model_config C>
-struct model {
-  static_assert(dsx::validate(C));
-};
-template struct model<dsx::test::base_config>;
-#else
-static_assert(dsx::validate(dsx::test::base_config));
-#endif
+DSX_CHECK_CONFIG(dsx::test::base_config);

@@ -10,106 +10,28 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <functional>
-#include <limits>
-#include <string>
 #include <vector>
 
 #include "dsx/backend/host/all.hpp"
 #include "dsx/layers/moe.hpp"
 #include "dsx/layers/router.hpp"
 #include "support/gradcheck.hpp"
+#include "support/moe.hpp"
 
-using dsx::test::check_gradient;
-using dsx::test::grad_report;
+using dsx::test::draw;
+using dsx::test::draw_with_margin;
+using dsx::test::layer_config;
+using dsx::test::layer_fixture;
+using dsx::test::max_abs;
+using dsx::test::max_abs_diff;
+using dsx::test::moe_case;
 using dsx::test::random_vector;
+using dsx::test::require_gradient;
+using dsx::test::routing_margin;
+using dsx::test::v2_gate;
+using dsx::test::v3_gate;
 
 namespace {
-
-// Smallest routing margin over the tokens: logits (tokens, E), bias (E) or empty.
-double routing_margin(const dsx::moe_config& m, const std::vector<double>& logits, const std::vector<double>& bias,
-                      std::int64_t tokens) {
-  const int n = m.routed, size = n / m.groups;
-  double margin = std::numeric_limits<double>::infinity();
-  auto gap = [&](std::vector<double> v, int keep) {  // gap between the keep-th and (keep+1)-th largest
-    if (keep >= int(v.size())) return;
-    std::sort(v.begin(), v.end(), std::greater<>());
-    margin = std::min(margin, v[keep - 1] - v[keep]);
-  };
-  for (std::int64_t t = 0; t < tokens; ++t) {
-    std::vector<double> s(logits.begin() + t * n, logits.begin() + (t + 1) * n), sel(n);
-    if (m.score == dsx::score_fn::sigmoid) {
-      for (auto& v : s) v = 1 / (1 + std::exp(-v));
-    } else {
-      double z = 0;
-      for (auto& v : s) z += (v = std::exp(v));
-      for (auto& v : s) v /= z;
-    }
-    for (int e = 0; e < n; ++e) sel[e] = s[e] + (m.bias ? bias[e] : 0.0);
-    std::vector<double> group_score(m.groups);
-    for (int g = 0; g < m.groups; ++g) {
-      std::vector<double> members(sel.begin() + g * size, sel.begin() + (g + 1) * size);
-      std::sort(members.begin(), members.end(), std::greater<>());
-      group_score[g] = m.bias ? members[0] + members[1] : members[0];
-    }
-    gap(group_score, m.top_groups);
-    std::vector<int> order(m.groups);
-    for (int g = 0; g < m.groups; ++g) order[g] = g;
-    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return group_score[a] > group_score[b]; });
-    std::vector<double> candidates;
-    for (int r = 0; r < m.top_groups; ++r)
-      for (int e = order[r] * size; e < (order[r] + 1) * size; ++e) candidates.push_back(sel[e]);
-    gap(candidates, m.top_k);
-  }
-  return margin;
-}
-
-// A complete model configuration around an MoE block (the layer validates the whole configuration).
-dsx::model_config layer_config(const dsx::moe_config& m, int hidden) {
-  return {.vocab = 16, .hidden = hidden, .layers = 2, .dense_layers = 1, .dense_inter = 8,
-          .mla = {.heads = 2, .q_lora = 0, .kv_lora = 4, .nope = 4, .rope = 2, .v = 4},
-          .moe = m, .max_positions = 16};
-}
-
-// Inputs and weights of one MoE layer in float64, and a fixed output gradient r (loss = Σ y · r).
-struct moe_case {
-  dsx::model_config config;
-  std::int64_t tokens = 0;
-  std::vector<double> x, router, bias, experts, shared_gate_up, shared_down, r;
-};
-
-moe_case draw(const dsx::model_config& c, std::int64_t tokens, std::uint64_t seed) {
-  const std::int64_t d = c.hidden, e = c.moe.routed, inter = c.moe.inter, si = c.shared_inter();
-  moe_case k;
-  k.config = c;
-  k.tokens = tokens;
-  k.x = random_vector(tokens * d, seed);
-  k.router = random_vector(e * d, seed + 1, 0.5);
-  k.bias = c.moe.bias ? random_vector(e, seed + 2, 0.1) : std::vector<double>{};
-  k.experts = random_vector(e * 3 * inter * d, seed + 3, 0.5);
-  k.shared_gate_up = random_vector(2 * si * d, seed + 4, 0.5);
-  k.shared_down = random_vector(d * si, seed + 5, 0.5);
-  k.r = random_vector(tokens * d, seed + 6);
-  return k;
-}
-
-double margin_of(const moe_case& k) {
-  const std::int64_t d = k.config.hidden, e = k.config.moe.routed;
-  std::vector<double> logits(k.tokens * e);
-  for (std::int64_t t = 0; t < k.tokens; ++t)
-    for (std::int64_t j = 0; j < e; ++j) logits[t * e + j] = dsx::test::dot(&k.x[t * d], &k.router[j * d], d);
-  return routing_margin(k.config.moe, logits, k.bias, k.tokens);
-}
-
-// The first draw, trying seeds from `seed` on, whose routing margins exceed `min_margin`.
-moe_case draw_with_margin(const dsx::model_config& c, std::int64_t tokens, std::uint64_t seed, double min_margin) {
-  for (std::uint64_t s = seed; s < seed + 100 * 16; s += 16) {
-    moe_case k = draw(c, tokens, s);
-    if (margin_of(k) > min_margin) return k;
-  }
-  FAIL("no draw with routing margins above " << min_margin);
-  return {};
-}
 
 template <class T>
 std::vector<T> cast(const std::vector<double>& v) {
@@ -123,23 +45,6 @@ std::vector<double> widen(const std::vector<T>& v) {
   for (std::size_t i = 0; i < v.size(); ++i) out[i] = dsx::convert<double>(v[i]);
   return out;
 }
-
-// A layer bound to its own activation arena and scratch, with storage type T.
-template <class T>
-struct layer_fixture {
-  dsx::backend::host be;
-  dsx::moe<T> layer;
-  dsx::arena_plan plan;
-  dsx::arena<dsx::backend::host> activations;
-  std::vector<std::byte> scratch;
-
-  layer_fixture(const dsx::model_config& c, std::int64_t tokens) : layer(c) {
-    layer.plan(plan, tokens);
-    activations = dsx::arena<dsx::backend::host>(be, plan.bytes());
-    layer.bind(activations.data(), plan);
-    scratch.resize(layer.scratch_bytes(tokens));
-  }
-};
 
 // Forward and backward of a case in storage type T; results widened to float64.
 struct moe_result {
@@ -161,39 +66,10 @@ moe_result run_layer(const moe_case& k) {
   return {widen(y), widen(dx), widen(dr), widen(de), widen(dgu), widen(dd)};
 }
 
-double max_abs(const std::vector<double>& v) {
-  double m = 0;
-  for (double x : v) m = std::max(m, std::abs(x));
-  return m;
-}
-double max_abs_diff(const std::vector<double>& a, const std::vector<double>& b) {
-  double m = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) m = std::max(m, std::abs(a[i] - b[i]));
-  return m;
-}
-
-// Checks every element with h = 1e-6. Central differences then carry a round-off of about
-// 1e-16 · (size of the loss's terms) / h ≈ 1e-9 here, so the relative error is taken against at least
-// 1e-2: an element whose gradient is smaller is held to an absolute error of 1e-8 instead.
-void require_gradient(const std::string& name, double* values, const double* analytic, std::size_t n,
-                      const std::function<double()>& loss) {
-  const grad_report rep = check_gradient(name, values, analytic, n, loss, n, 1e-6, 1e-2);
-  INFO(rep.name << ": max relative error " << rep.max_rel_error << " over " << rep.checked << " elements");
-  CHECK(rep.checked == n);
-  CHECK(rep.max_rel_error < 1e-6);
-}
-
 using dsx::score_fn;
 
-// The gates the layer is checked with: V3-style (sigmoid, bias, groups scored by top-2 sums, norm) with one
-// shared expert; V2-style (softmax, groups scored by their best expert, no norm) with two; and a plain
-// softmax top-k with norm and no shared expert.
-const dsx::moe_config v3_gate{.routed = 8, .shared = 1, .top_k = 2, .groups = 4, .top_groups = 2,
-                              .score = score_fn::sigmoid, .norm_topk = true, .route_scale = 2.5, .bias = true,
-                              .inter = 4};
-const dsx::moe_config v2_gate{.routed = 8, .shared = 2, .top_k = 2, .groups = 4, .top_groups = 2,
-                              .score = score_fn::softmax, .norm_topk = false, .route_scale = 1.5, .bias = false,
-                              .inter = 4};
+// The gates the layer is checked with: v3_gate and v2_gate (support/moe.hpp), and a plain softmax top-k
+// with norm and no shared expert.
 const dsx::moe_config plain_gate{.routed = 8, .shared = 0, .top_k = 3, .groups = 1, .top_groups = 1,
                                  .score = score_fn::softmax, .norm_topk = true, .route_scale = 1.0, .bias = false,
                                  .inter = 4};

@@ -11,17 +11,20 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <random>
 #include <vector>
 
 #include "dsx/backend/host/all.hpp"
 #include "dsx/model/transformer.hpp"
 #include "support/gradcheck.hpp"
+#include "support/model.hpp"
 
 using dsx::param_kind;
 using dsx::test::check_gradient;
 using dsx::test::grad_report;
-using dsx::test::random_vector;
+using dsx::test::init_params;
+using dsx::test::model_t;
+using dsx::test::random_tokens;
+using dsx::test::routing;
 
 namespace {
 
@@ -32,48 +35,6 @@ constexpr dsx::model_config small(int mtp_depth, int q_lora) {
           .moe = {.routed = 4, .shared = 1, .top_k = 2, .groups = 2, .top_groups = 1, .score = dsx::score_fn::sigmoid,
                   .norm_topk = true, .route_scale = 2.5, .bias = true, .inter = 4},
           .rms_eps = 1e-6, .mtp_depth = mtp_depth, .max_positions = 16};
-}
-
-template <dsx::model_config C>
-using model_t = dsx::transformer<C, dsx::precision::f64, dsx::backend::host>;
-
-// Norm weights near 1, the routing bias small, matrices with unit-variance outputs for unit inputs.
-template <class Model>
-void init_params(Model& m, std::uint64_t seed) {
-  for (const auto& e : m.params().entries()) {
-    if (e.spec.shared_copy()) continue;
-    const auto& s = e.spec;
-    std::vector<double> v;
-    if (s.kind == param_kind::router_bias) {
-      v = random_vector(std::size_t(s.numel()), seed, 0.1);
-    } else if (s.is_vector()) {
-      v = random_vector(std::size_t(s.numel()), seed, 0.2);
-      for (auto& x : v) x += 1.0;
-    } else {
-      const double scale = s.kind == param_kind::embed ? 1.0 : 1.0 / std::sqrt(double(s.cols));
-      v = random_vector(std::size_t(s.numel()), seed, scale);
-    }
-    m.set_param(e, v);
-    ++seed;
-  }
-}
-
-std::vector<std::int32_t> random_tokens(std::size_t n, int vocab, std::uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::uniform_int_distribution<std::int32_t> dist(0, vocab - 1);
-  std::vector<std::int32_t> t(n);
-  for (auto& x : t) x = dist(rng);
-  return t;
-}
-
-// Every MoE layer's routing of the last forward, main blocks and MTP blocks.
-template <class Model>
-std::vector<std::vector<std::int32_t>> routing(Model& m) {
-  constexpr auto C = Model::config;
-  std::vector<std::vector<std::int32_t>> r;
-  for (int l = 0; l < C.layers + C.mtp_depth; ++l)
-    if (C.is_moe_layer(l)) r.push_back(m.routed_experts(l));
-  return r;
 }
 
 // The main-model tensors checked besides the embedding and head: a sample over both layers.

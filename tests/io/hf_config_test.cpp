@@ -16,31 +16,15 @@
 
 #include "dsx/config/presets.hpp"
 #include "dsx/io/hf_config.hpp"
+#include "support/files.hpp"
 
 namespace fs = std::filesystem;
 using Catch::Matchers::Contains;
+using dsx::test::data_dir;
+using dsx::test::error_of;
 using nlohmann::json;
 
 namespace {
-
-fs::path data_dir() {
-#ifdef DSX_TEST_DATA
-  return DSX_TEST_DATA;
-#else
-  return fs::path(__FILE__).parent_path().parent_path() / "data";
-#endif
-}
-
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const dsx::error& e) {
-    return e.what();
-  }
-  FAIL("expected a dsx::error");
-  return {};
-}
 
 json load(const fs::path& p) {
   std::ifstream in(p);

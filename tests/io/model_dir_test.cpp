@@ -3,7 +3,6 @@
 // the tensor or field, the expected and the found; sharded folders and MTP shared copies work.
 #include <catch2/catch.hpp>
 
-#include <atomic>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -11,53 +10,25 @@
 #include <string>
 #include <vector>
 
-#include <unistd.h>
-
 #include <nlohmann/json.hpp>
 
 #include "dsx/config/counts.hpp"
 #include "dsx/config/presets.hpp"
 #include "dsx/io/model_dir.hpp"
+#include "support/files.hpp"
 
 namespace fs = std::filesystem;
 using Catch::Matchers::Contains;
 using dsx::safetensors::reader;
 using dsx::safetensors::tensor_info;
 using dsx::safetensors::writer;
+using dsx::test::data_dir;
+using dsx::test::error_of;
+using dsx::test::temp_dir;
 
 namespace {
 
-fs::path data_dir() {
-#ifdef DSX_TEST_DATA
-  return DSX_TEST_DATA;
-#else
-  return fs::path(__FILE__).parent_path().parent_path() / "data";
-#endif
-}
-
 fs::path tiny() { return data_dir() / "tiny-v3"; }
-
-struct temp_dir {
-  fs::path path;
-  temp_dir() {
-    static std::atomic<int> counter{0};
-    path = fs::temp_directory_path() / ("dsx-io-model-dir-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~temp_dir() { fs::remove_all(path); }
-};
-
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const dsx::error& e) {
-    return e.what();
-  }
-  FAIL("expected a dsx::error");
-  return {};
-}
 
 void write_config(const fs::path& dir, const dsx::model_config& c) {
   std::ofstream(dir / "config.json") << dsx::to_hf_config(c).dump(2);

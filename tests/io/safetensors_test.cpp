@@ -2,7 +2,6 @@
 // files (each must give a dsx::error naming the file and the problem), and exact f16/bf16/fp8 values.
 #include <catch2/catch.hpp>
 
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -13,52 +12,21 @@
 #include <string>
 #include <vector>
 
-#include <unistd.h>
-
 #include "dsx/config/param_spec.hpp"
 #include "dsx/config/presets.hpp"
 #include "dsx/io/safetensors.hpp"
+#include "support/files.hpp"
 
 namespace fs = std::filesystem;
 using Catch::Matchers::Contains;
 using dsx::dtype;
 using dsx::safetensors::reader;
 using dsx::safetensors::writer;
+using dsx::test::data_dir;
+using dsx::test::error_of;
+using dsx::test::temp_dir;
 
 namespace {
-
-fs::path data_dir() {
-#ifdef DSX_TEST_DATA
-  return DSX_TEST_DATA;
-#else
-  return fs::path(__FILE__).parent_path().parent_path() / "data";
-#endif
-}
-
-// A fresh folder under the system temporary directory, removed with everything in it at scope exit.
-struct temp_dir {
-  fs::path path;
-  temp_dir() {
-    static std::atomic<int> counter{0};
-    path = fs::temp_directory_path() / ("dsx-io-safetensors-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~temp_dir() { fs::remove_all(path); }
-  fs::path operator/(const std::string& name) const { return path / name; }
-};
-
-// The message of the dsx::error that `f` throws; fails the test when it throws none.
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const dsx::error& e) {
-    return e.what();
-  }
-  FAIL("expected a dsx::error");
-  return {};
-}
 
 template <class T>
 std::span<const std::byte> bytes_of(const std::vector<T>& v) {

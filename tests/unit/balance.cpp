@@ -11,42 +11,25 @@
 #include <cmath>
 #include <cstdint>
 #include <numeric>
-#include <random>
 #include <vector>
 
 #include "dsx/backend/host/all.hpp"
 #include "dsx/layers/moe.hpp"
 #include "dsx/model/transformer.hpp"
 #include "support/gradcheck.hpp"
+#include "support/model.hpp"
+#include "support/moe.hpp"
 
 using dsx::param_kind;
 using dsx::score_fn;
+using dsx::test::init_params;
+using dsx::test::layer_config;
+using dsx::test::layer_fixture;
+using dsx::test::model_t;
+using dsx::test::random_tokens;
 using dsx::test::random_vector;
 
 namespace {
-
-// A complete model configuration around an MoE block (the layer validates the whole configuration).
-dsx::model_config layer_config(const dsx::moe_config& m, int hidden) {
-  return {.vocab = 16, .hidden = hidden, .layers = 2, .dense_layers = 1, .dense_inter = 8,
-          .mla = {.heads = 2, .q_lora = 0, .kv_lora = 4, .nope = 4, .rope = 2, .v = 4},
-          .moe = m, .max_positions = 16};
-}
-
-// An MoE layer in float64 bound to its own activation arena and scratch.
-struct layer_fixture {
-  dsx::backend::host be;
-  dsx::moe<double> layer;
-  dsx::arena_plan plan;
-  dsx::arena<dsx::backend::host> activations;
-  std::vector<std::byte> scratch;
-
-  layer_fixture(const dsx::model_config& c, std::int64_t tokens) : layer(c) {
-    layer.plan(plan, tokens);
-    activations = dsx::arena<dsx::backend::host>(be, plan.bytes());
-    layer.bind(activations.data(), plan);
-    scratch.resize(layer.scratch_bytes(tokens));
-  }
-};
 
 // Weights of one layer: router (E, d), bias (E) or empty, experts, shared expert.
 struct layer_weights {
@@ -94,15 +77,9 @@ direct_balance direct_balance_loss(const dsx::moe_config& m, const std::vector<d
   for (std::int64_t b = 0; b < batch; ++b) {
     std::vector<double> count(n, 0.0), p(n, 0.0);
     for (std::int64_t t = b * seq; t < (b + 1) * seq; ++t) {
-      std::vector<double> s(n), sel(n);
-      for (std::size_t e = 0; e < n; ++e) s[e] = dsx::test::dot(&x[std::size_t(t) * d], &w.router[e * d], d);
-      if (m.score == score_fn::sigmoid) {
-        for (auto& v : s) v = 1 / (1 + std::exp(-v));
-      } else {
-        double z = 0;
-        for (auto& v : s) z += (v = std::exp(v));
-        for (auto& v : s) v /= z;
-      }
+      std::vector<double> logits(n), sel(n);
+      for (std::size_t e = 0; e < n; ++e) logits[e] = dsx::test::dot(&x[std::size_t(t) * d], &w.router[e * d], d);
+      const auto s = dsx::test::reference_scores(m.score, logits);
       for (std::size_t e = 0; e < n; ++e) sel[e] = s[e] + (m.bias ? w.bias[e] : 0.0);
       const auto chosen = top_k_of(sel, m.top_k);
       out.changed += chosen != top_k_of(s, m.top_k);
@@ -250,38 +227,6 @@ constexpr dsx::model_config with_mtp{
     .moe = {.routed = 4, .shared = 1, .top_k = 2, .groups = 2, .top_groups = 1, .score = score_fn::sigmoid,
             .norm_topk = true, .route_scale = 2.5, .bias = true, .inter = 4},
     .rms_eps = 1e-6, .mtp_depth = 1, .max_positions = 16};
-
-template <dsx::model_config C>
-using model_t = dsx::transformer<C, dsx::precision::f64, dsx::backend::host>;
-
-// Norm weights near 1, the routing bias small, matrices with unit-variance outputs for unit inputs.
-template <class Model>
-void init_params(Model& m, std::uint64_t seed) {
-  for (const auto& e : m.params().entries()) {
-    if (e.spec.shared_copy()) continue;
-    const auto& s = e.spec;
-    std::vector<double> v;
-    if (s.kind == param_kind::router_bias) {
-      v = random_vector(std::size_t(s.numel()), seed, 0.1);
-    } else if (s.is_vector()) {
-      v = random_vector(std::size_t(s.numel()), seed, 0.2);
-      for (auto& x : v) x += 1.0;
-    } else {
-      const double scale = s.kind == param_kind::embed ? 1.0 : 1.0 / std::sqrt(double(s.cols));
-      v = random_vector(std::size_t(s.numel()), seed, scale);
-    }
-    m.set_param(e, v);
-    ++seed;
-  }
-}
-
-std::vector<std::int32_t> random_tokens(std::size_t n, int vocab, std::uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::uniform_int_distribution<std::int32_t> dist(0, vocab - 1);
-  std::vector<std::int32_t> t(n);
-  for (auto& x : t) x = dist(rng);
-  return t;
-}
 
 }  // namespace
 

@@ -2,7 +2,6 @@
 // name the file and the line of bad input.
 #include <catch2/catch.hpp>
 
-#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -10,26 +9,16 @@
 #include <utility>
 #include <vector>
 
-#include <unistd.h>
-
 #include "dsx/data/jsonl.hpp"
+#include "support/files.hpp"
 
 namespace fs = std::filesystem;
 using Catch::Matchers::Contains;
 using Catch::Matchers::Equals;
+using dsx::test::error_of;
+using dsx::test::temp_dir;
 
 namespace {
-
-// The message of the dsx::error that fn throws ("" when it throws none).
-template <class F>
-std::string error_of(F&& fn) {
-  try {
-    fn();
-  } catch (const dsx::error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 std::vector<std::pair<std::string, std::size_t>> texts_of(const std::string& content) {
   std::istringstream in(content);
@@ -91,9 +80,8 @@ TEST_CASE("for_each_jsonl_object hands every object to the caller, whose own err
 }
 
 TEST_CASE("JSONL files: read by path, a missing file is named", "[unit]") {
-  static std::atomic<int> counter{0};
-  const fs::path dir = fs::temp_directory_path() / ("dsx-jsonl-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
-  fs::create_directories(dir);
+  const temp_dir tmp;
+  const fs::path& dir = tmp.path;
   const fs::path file = dir / "docs.jsonl";
   std::ofstream(file) << "{\"text\": \"a\"}\n{\"text\": \"b\"}\n{\"text\": 1}\n";
   std::vector<std::string> seen;
@@ -104,5 +92,4 @@ TEST_CASE("JSONL files: read by path, a missing file is named", "[unit]") {
   CHECK_THAT(message, Equals(file.string() + ":3: expected a JSON object with a string field \"text\", found a number"));
   CHECK_THAT(error_of([&] { dsx::for_each_jsonl_text(dir / "missing.jsonl", [](const std::string&, const dsx::source_line&) {}); }),
              Contains("missing.jsonl"));
-  fs::remove_all(dir);
 }

@@ -10,20 +10,12 @@
 #include <vector>
 
 #include "dsx/data/loader.hpp"
+#include "support/files.hpp"
 
 using Catch::Matchers::Contains;
+using dsx::test::error_of;
 
 namespace {
-
-template <class F>
-std::string error_of(F&& fn) {
-  try {
-    fn();
-  } catch (const dsx::error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 constexpr std::int32_t eos = 0;
 constexpr std::int32_t vocab = 1 << 20;

@@ -3,52 +3,23 @@
 // with errors that name the shard.
 #include <catch2/catch.hpp>
 
-#include <atomic>
 #include <cstdint>
 #include <filesystem>
-#include <fstream>
 #include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
 
-#include <unistd.h>
-
 #include "dsx/data/shards.hpp"
+#include "support/files.hpp"
 
 namespace fs = std::filesystem;
 using Catch::Matchers::Contains;
 using Catch::Matchers::Equals;
+using dsx::test::error_of;
+using dsx::test::temp_dir;
 
 namespace {
-
-template <class F>
-std::string error_of(F&& fn) {
-  try {
-    fn();
-  } catch (const dsx::error& e) {
-    return e.what();
-  }
-  return "";
-}
-
-// A fresh folder under the system temporary directory, removed with everything in it at scope exit.
-struct temp_dir {
-  fs::path path;
-  temp_dir() {
-    static std::atomic<int> counter{0};
-    path = fs::temp_directory_path() / ("dsx-shards-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
-    fs::create_directories(path);
-  }
-  ~temp_dir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  fs::path write(const std::string& name, const std::string& content) const {
-    std::ofstream(path / name, std::ios::binary) << content;
-    return path / name;
-  }
-};
 
 const std::vector<std::string>& training_texts() {
   static const std::vector<std::string> texts{

@@ -13,6 +13,7 @@
 
 #include "dsx/backend/host/all.hpp"
 #include "dsx/layers/router.hpp"
+#include "support/moe.hpp"
 
 namespace {
 
@@ -29,25 +30,14 @@ routed reference_route(const dsx::moe_config& m, const std::vector<double>& logi
   const int n = m.routed;
   routed out;
   for (int t = 0; t < tokens; ++t) {
-    std::vector<double> scores(logits.begin() + t * n, logits.begin() + (t + 1) * n);
-    if (m.score == dsx::score_fn::sigmoid) {
-      for (auto& s : scores) s = 1 / (1 + std::exp(-s));
-    } else {
-      double sum = 0;
-      for (auto& s : scores) sum += (s = std::exp(s));
-      for (auto& s : scores) s /= sum;
-    }
+    const auto scores =
+        dsx::test::reference_scores(m.score, {logits.begin() + t * n, logits.begin() + (t + 1) * n});
     std::vector<double> selection = scores;
     if (m.bias)
       for (int e = 0; e < n; ++e) selection[e] += bias[e];
     if (m.groups > 1) {
       const int size = n / m.groups;
-      std::vector<double> group_score(m.groups);
-      for (int g = 0; g < m.groups; ++g) {
-        std::vector<double> members(selection.begin() + g * size, selection.begin() + (g + 1) * size);
-        std::sort(members.begin(), members.end(), std::greater<>());
-        group_score[g] = m.bias ? members[0] + members[1] : members[0];
-      }
+      const auto group_score = dsx::test::reference_group_scores(m, selection);
       std::vector<int> order(m.groups);
       std::iota(order.begin(), order.end(), 0);
       std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return group_score[a] > group_score[b]; });

@@ -5,7 +5,6 @@
 // JSONL tool function and malformed files.
 #include <catch2/catch.hpp>
 
-#include <atomic>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -14,25 +13,20 @@
 #include <string>
 #include <vector>
 
-#include <unistd.h>
-
 #include <nlohmann/json.hpp>
 
 #include "dsx/data/tokenizer.hpp"
+#include "support/files.hpp"
 
 namespace fs = std::filesystem;
 using Catch::Matchers::Contains;
+using dsx::test::error_of;
+using dsx::test::temp_dir;
 using json = nlohmann::json;
 
 namespace {
 
-fs::path data_dir() {
-#ifdef DSX_TEST_DATA
-  return fs::path(DSX_TEST_DATA) / "tokenizer";
-#else
-  return fs::path(__FILE__).parent_path().parent_path() / "data" / "tokenizer";
-#endif
-}
+fs::path data_dir() { return dsx::test::data_dir() / "tokenizer"; }
 
 std::string read_text(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);
@@ -59,20 +53,6 @@ const dsx::bpe_tokenizer& deepseek() {
   static const dsx::bpe_tokenizer t = dsx::bpe_tokenizer::load(data_dir() / "deepseek_v3.tokenizer.json.gz");
   return t;
 }
-
-// A fresh folder under the system temporary directory, removed with everything in it at scope exit.
-struct temp_dir {
-  fs::path path;
-  temp_dir() {
-    static std::atomic<int> counter{0};
-    path = fs::temp_directory_path() / ("dsx-tokenizer-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
-    fs::create_directories(path);
-  }
-  ~temp_dir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
 
 std::vector<std::int32_t> ids_of(const json& j) { return j.get<std::vector<std::int32_t>>(); }
 
@@ -122,16 +102,6 @@ json patched(json data, const json& patch) {
       for (const json& token : m["remove_vocab"]) data["model"]["vocab"].erase(token.get<std::string>());
   }
   return data;
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const dsx::error& e) {
-    return e.what();
-  }
-  FAIL("no dsx::error was thrown");
-  return {};
 }
 
 // gpt2_style.tokenizer.json with one edit, loaded from text; returns the error message.

@@ -32,6 +32,7 @@
 #include "dsx/backend/cuda/common.cuh"
 #include "dsx/backend/cuda/cuda.cuh"
 #include "dsx/backend/cuda/gemm.cuh"
+#include "dsx/backend/host/moe.hpp"
 #include "dsx/core/error.hpp"
 #include "dsx/core/numeric.hpp"
 #include "dsx/layers/router.hpp"
@@ -46,20 +47,6 @@ static_assert(moe_unrouted < 0, "the marker must lie outside every expert range 
 
 // "No bad assignment" in the sort's check word (its atomicMin keeps the first bad assignment).
 inline constexpr std::uint32_t moe_all_valid = 0xffffffffu;
-
-// The parameter checks of the host moe_route, with the same messages.
-inline void check_route(const route_params& p, bool has_bias) {
-  const int group_size = p.groups >= 1 ? p.experts / p.groups : 0;
-  if (p.groups < 1 || p.groups > router_max_groups || p.experts % p.groups != 0 || (p.bias && group_size < 2))
-    throw error("moe_route: " + std::to_string(p.groups) + " groups of " + std::to_string(p.experts) +
-                " experts: expected at most " + std::to_string(router_max_groups) +
-                " groups that divide the experts, with at least 2 experts each when the bias is on");
-  if (p.top_groups < 1 || p.top_groups > p.groups || p.top_k < 1 || p.top_k > p.top_groups * group_size)
-    throw error("moe_route: top_k " + std::to_string(p.top_k) + " with top_groups " + std::to_string(p.top_groups) +
-                " of " + std::to_string(p.groups) + " groups: expected 1 <= top_groups <= groups and " +
-                "1 <= top_k <= the experts in the kept groups");
-  if (p.bias && !has_bias) throw error("moe_route: the correction bias is on but no bias tensor was given");
-}
 
 // One thread per token: the host loop body of moe_route.
 template <class T>
@@ -314,7 +301,7 @@ template <class T>
 void moe_route(cuda& be, const route_params& p, accum_t<T>* scores, std::int32_t* indices, accum_t<T>* weights,
                const T* logits, const T* bias, std::int64_t tokens) {
   using namespace cuda_detail;
-  check_route(p, bias != nullptr);
+  moe_route_check(p, bias != nullptr);
   if (tokens <= 0) return;
   constexpr unsigned threads = 128;
   moe_route_kernel<T><<<grid_for(tokens, threads), threads, 0, be.stream()>>>(p, scores, indices, weights, logits,
@@ -458,12 +445,7 @@ template <class A>
 void moe_balance_loss(cuda& be, const route_params& p, A* coeff, A* losses, const A* scores,
                       const std::int32_t* indices, std::int64_t batch, std::int64_t seq, double alpha) {
   using namespace cuda_detail;
-  if (batch < 1 || seq < 1)
-    throw error("moe_balance_loss: batch " + std::to_string(batch) + " × seq " + std::to_string(seq) +
-                ", expected at least one sequence of at least one token");
-  if (!std::isfinite(alpha) || alpha < 0)
-    throw error("moe_balance_loss: the loss weight alpha is " + std::to_string(alpha) +
-                ", expected finite and non-negative");
+  moe_balance_loss_check(batch, seq, alpha);
   const std::size_t count_bytes = std::size_t(p.experts) * sizeof(unsigned);
   if (p.experts < 1 || count_bytes > 48 * 1024)
     throw error("moe_balance_loss: " + std::to_string(p.experts) +

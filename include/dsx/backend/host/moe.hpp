@@ -27,13 +27,9 @@
 
 namespace dsx::backend {
 
-// Per token (layers/router.hpp): scores (tokens, E) = the affinities, kept for the backward;
-// indices (tokens, top_k) and weights (tokens, top_k) = the selected experts, best first, and their
-// routing weights. logits: (tokens, E); bias: (E), read only when p.bias.
-template <class T>
-void moe_route(host&, const route_params& p, accum_t<T>* scores, std::int32_t* indices, accum_t<T>* weights,
-               const T* logits, const T* bias, std::int64_t tokens) {
-  using A = accum_t<T>;
+// The parameter checks of moe_route, shared with the CUDA backend's (backend/cuda/moe.cuh): the group
+// layout, top_groups and top_k, and a bias tensor when the correction bias is on.
+inline void moe_route_check(const route_params& p, bool has_bias) {
   const int group_size = p.groups >= 1 ? p.experts / p.groups : 0;
   if (p.groups < 1 || p.groups > router_max_groups || p.experts % p.groups != 0 || (p.bias && group_size < 2))
     throw error("moe_route: " + std::to_string(p.groups) + " groups of " + std::to_string(p.experts) +
@@ -43,7 +39,17 @@ void moe_route(host&, const route_params& p, accum_t<T>* scores, std::int32_t* i
     throw error("moe_route: top_k " + std::to_string(p.top_k) + " with top_groups " + std::to_string(p.top_groups) +
                 " of " + std::to_string(p.groups) + " groups: expected 1 <= top_groups <= groups and " +
                 "1 <= top_k <= the experts in the kept groups");
-  if (p.bias && !bias) throw error("moe_route: the correction bias is on but no bias tensor was given");
+  if (p.bias && !has_bias) throw error("moe_route: the correction bias is on but no bias tensor was given");
+}
+
+// Per token (layers/router.hpp): scores (tokens, E) = the affinities, kept for the backward;
+// indices (tokens, top_k) and weights (tokens, top_k) = the selected experts, best first, and their
+// routing weights. logits: (tokens, E); bias: (E), read only when p.bias.
+template <class T>
+void moe_route(host&, const route_params& p, accum_t<T>* scores, std::int32_t* indices, accum_t<T>* weights,
+               const T* logits, const T* bias, std::int64_t tokens) {
+  using A = accum_t<T>;
+  moe_route_check(p, bias != nullptr);
   std::int64_t bad_token = tokens;  // first token whose scores are not finite
 #pragma omp parallel for schedule(static) reduction(min : bad_token)
   for (std::int64_t t = 0; t < tokens; ++t) {
@@ -146,6 +152,17 @@ void gemm_grouped_wgrad(host& be, std::int64_t m, std::int64_t n, const T* a, co
   }
 }
 
+// The argument checks of moe_balance_loss, shared with the CUDA backend's (backend/cuda/moe.cuh): at
+// least one sequence of at least one token, and a finite, non-negative loss weight.
+inline void moe_balance_loss_check(std::int64_t batch, std::int64_t seq, double alpha) {
+  if (batch < 1 || seq < 1)
+    throw error("moe_balance_loss: batch " + std::to_string(batch) + " × seq " + std::to_string(seq) +
+                ", expected at least one sequence of at least one token");
+  if (!std::isfinite(alpha) || alpha < 0)
+    throw error("moe_balance_loss: the loss weight alpha is " + std::to_string(alpha) +
+                ", expected finite and non-negative");
+}
+
 // Sequence-wise balance loss (layers/router.hpp) of `batch` sequences of `seq` tokens, token t of sequence b
 // at row b · seq + t. From the selection indices (batch·seq, top_k) and the affinities scores
 // (batch·seq, E): coeff (batch, E) = the c_i of each sequence (=), and losses (batch) = the sum of
@@ -154,12 +171,7 @@ void gemm_grouped_wgrad(host& be, std::int64_t m, std::int64_t n, const T* a, co
 template <class A>
 void moe_balance_loss(host&, const route_params& p, A* coeff, A* losses, const A* scores, const std::int32_t* indices,
                       std::int64_t batch, std::int64_t seq, double alpha) {
-  if (batch < 1 || seq < 1)
-    throw error("moe_balance_loss: batch " + std::to_string(batch) + " × seq " + std::to_string(seq) +
-                ", expected at least one sequence of at least one token");
-  if (!std::isfinite(alpha) || alpha < 0)
-    throw error("moe_balance_loss: the loss weight alpha is " + std::to_string(alpha) +
-                ", expected finite and non-negative");
+  moe_balance_loss_check(batch, seq, alpha);
   std::vector<std::int64_t> counts(std::size_t(p.experts));
   for (std::int64_t b = 0; b < batch; ++b) {
     std::fill(counts.begin(), counts.end(), 0);

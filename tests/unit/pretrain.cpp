@@ -1,0 +1,363 @@
+// The pre-training loop (train/pretrain.hpp) on the host backend, with a tiny model that has MTP, MoE
+// layers with routing biases and the balance loss:
+//  - exact resume: 4 steps straight equal 2 steps + checkpoint + fresh objects + resume + 2 steps, bit for
+//    bit (losses, gradient norms, weights, routing biases, moments), across the λ switch;
+//  - gradient accumulation: 2 micro-batches of 2 match 1 batch of 4 up to rounding;
+//  - a non-finite loss skips the step (no update), is counted and logged; N in a row stop training with
+//    the message naming the last good checkpoint, which stays loadable; a good step resets the count;
+//  - metrics.jsonl holds the required keys per step; metrics.svg is well-formed XML with the curves;
+//  - a resume with options that change the arithmetic is refused.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <unistd.h>
+
+#include "dsx/backend/host/all.hpp"
+#include "dsx/model/init.hpp"
+#include "dsx/model/transformer.hpp"
+#include "dsx/train/pretrain.hpp"
+
+namespace fs = std::filesystem;
+using dsx::param_kind;
+
+namespace {
+
+// Two main layers (dense, then MoE with a routing bias) and one MTP module with an MoE block.
+constexpr dsx::model_config tiny{
+    .vocab = 13, .hidden = 8, .layers = 2, .dense_layers = 1, .dense_inter = 8,
+    .mla = {.heads = 2, .q_lora = 0, .kv_lora = 4, .nope = 4, .rope = 2, .v = 4},
+    .moe = {.routed = 4, .shared = 1, .top_k = 2, .groups = 2, .top_groups = 1, .score = dsx::score_fn::sigmoid,
+            .norm_topk = true, .route_scale = 2.5, .bias = true, .inter = 4},
+    .rms_eps = 1e-6, .mtp_depth = 1, .max_positions = 16};
+using model_t = dsx::transformer<tiny, dsx::precision::f32, dsx::backend::host>;
+
+constexpr std::int64_t seq = 7;
+
+// Documents of a repeating pattern with random lengths and offsets (ids 2..12; EOS = 1), so the loss
+// has something to learn.
+dsx::token_shard make_shard() {
+  std::vector<std::int32_t> tokens;
+  std::vector<std::int64_t> offsets{0};
+  for (std::uint64_t d = 0; d < 40; ++d) {
+    const int len = 3 + int(dsx::random_bits(5, d, 0) % 9), start = int(dsx::random_bits(5, d, 1) % 11);
+    for (int i = 0; i < len; ++i) tokens.push_back(2 + (start + i) % 11);
+    tokens.push_back(1);
+    offsets.push_back(std::int64_t(tokens.size()));
+  }
+  return dsx::token_shard(tokens, offsets, dsx::shard_info{tiny.vocab, 1, "test", {"pattern"}}, "test shard");
+}
+
+dsx::pretrain_options base_options(const fs::path& out, std::int64_t steps) {
+  dsx::pretrain_options o;
+  o.steps = steps;
+  o.batch = 4;
+  o.micro_batches = 2;
+  o.seq = seq;
+  o.lr = {.peak = 3e-3, .final = 3e-4, .warmup = 2, .constant = 0, .decay = 4};
+  o.mtp_switch_step = 2;  // λ changes between steps 2 and 3
+  o.gamma = 0.01;         // large enough to move the biases visibly
+  o.alpha = 0.01;
+  o.seed = 11;
+  o.checkpoint_every = 0;
+  o.out = out;
+  return o;
+}
+
+// A fresh model, loader and trainer, as a new process would build them.
+struct run_objects {
+  dsx::backend::host be;
+  model_t model;
+  dsx::packed_loader loader;
+  dsx::pretrainer<model_t> trainer;
+
+  explicit run_objects(const dsx::pretrain_options& o)
+      : model(be, o.batch / o.micro_batches, o.seq + 1),
+        loader({make_shard()}, dsx::loader_options{.batch = o.batch / o.micro_batches, .sequence_length = o.seq, .seed = o.seed}),
+        trainer(model, loader, o) {
+    dsx::init_weights(model, o.seed, 0.3);
+  }
+};
+
+fs::path fresh_dir(const std::string& name) {
+  const fs::path p = fs::temp_directory_path() / ("dsx-pretrain-test-" + std::to_string(::getpid()) + "-" + name);
+  fs::remove_all(p);
+  return p;
+}
+
+std::vector<float> all_params(model_t& m) { return {m.param_data(), m.param_data() + m.params().size()}; }
+std::vector<float> moments(dsx::pretrainer<model_t>& t) {
+  auto& opt = t.optimizer();
+  return {opt.m(), opt.m() + 2 * opt.size()};  // m then v, adjacent
+}
+
+}  // namespace
+
+TEST_CASE("pretrain: 2 + 2 steps with a resume equal 4 steps bit for bit (MTP, balance loss, bias updates)", "[unit]") {
+  const fs::path straight_dir = fresh_dir("straight"), resumed_dir = fresh_dir("resumed");
+
+  run_objects straight(base_options(straight_dir, 4));
+  straight.trainer.start();
+  const auto full = straight.trainer.run();
+  REQUIRE(full.size() == 4);
+
+  {
+    run_objects first(base_options(resumed_dir, 2));
+    first.trainer.start();
+    REQUIRE(first.trainer.run().size() == 2);
+  }
+  run_objects second(base_options(resumed_dir, 4));  // fresh objects; init_weights is overwritten by the load
+  second.trainer.resume();
+  CHECK(second.trainer.state().step == 2);
+  const auto rest = second.trainer.run();
+  REQUIRE(rest.size() == 2);
+
+  for (std::size_t i = 0; i < 2; ++i) {
+    const auto& a = full[i + 2];
+    const auto& b = rest[i];
+    INFO("step " << a.step);
+    CHECK(b.step == a.step);
+    CHECK(b.loss == a.loss);
+    CHECK(b.lm_loss == a.lm_loss);
+    CHECK(b.mtp_loss == a.mtp_loss);
+    CHECK(b.balance_loss == a.balance_loss);
+    CHECK(b.grad_norm == a.grad_norm);
+    CHECK(b.lr == a.lr);
+    CHECK(b.mtp_weight == a.mtp_weight);
+    CHECK(b.max_load_ratio == a.max_load_ratio);
+  }
+  CHECK(all_params(second.model) == all_params(straight.model));
+  CHECK(moments(second.trainer) == moments(straight.trainer));
+  CHECK(second.trainer.optimizer().steps() == 4);
+  CHECK(second.trainer.state().tokens == straight.trainer.state().tokens);
+  CHECK(second.trainer.state().loader == straight.trainer.state().loader);
+
+  // The pieces the test is about are active: MTP and balance losses, the λ switch, moved biases.
+  for (const auto& r : full) {
+    CHECK(r.mtp_loss > 0);
+    CHECK(r.balance_loss > 0);
+    CHECK(r.mtp_weight == (r.step <= 2 ? 0.3 : 0.1));
+    CHECK(!r.skipped);
+  }
+  for (int l : straight.model.moe_layers()) {
+    bool moved = false;
+    for (float b : straight.model.get_param(*straight.model.params().find(param_kind::router_bias, l))) moved |= b != 0;
+    CHECK(moved);
+  }
+
+  // The resumed run's metrics.jsonl is the straight run's, steps 1..4 once each, timings aside.
+  const auto a = dsx::read_metrics(straight_dir / "metrics.jsonl"), b = dsx::read_metrics(resumed_dir / "metrics.jsonl");
+  REQUIRE(a.size() == 4);
+  REQUIRE(b.size() == 4);
+  for (std::size_t i = 0; i < 4; ++i) {
+    CHECK(b[i]["step"] == std::int64_t(i + 1));
+    for (const char* key : {"loss", "lm_loss", "mtp_loss", "balance_loss", "lr", "grad_norm", "max_load_ratio"})
+      CHECK(b[i][key] == a[i][key]);
+  }
+  fs::remove_all(straight_dir);
+  fs::remove_all(resumed_dir);
+}
+
+TEST_CASE("pretrain: 2 micro-batches of 2 sequences give the step of one batch of 4", "[unit]") {
+  const fs::path dir_a = fresh_dir("micro2"), dir_b = fresh_dir("micro1");
+  auto oa = base_options(dir_a, 1), ob = base_options(dir_b, 1);
+  ob.micro_batches = 1;
+  run_objects a(oa), b(ob);
+  a.trainer.start();
+  b.trainer.start();
+  const auto ra = a.trainer.step(), rb = b.trainer.step();
+  CHECK(ra.loss == Approx(rb.loss).epsilon(1e-5));
+  CHECK(ra.lm_loss == Approx(rb.lm_loss).epsilon(1e-5));
+  CHECK(ra.grad_norm == Approx(rb.grad_norm).epsilon(1e-4));
+  const auto pa = all_params(a.model), pb = all_params(b.model);
+  double worst = 0;
+  for (std::size_t i = 0; i < pa.size(); ++i) worst = std::max(worst, double(std::abs(pa[i] - pb[i])));
+  CHECK(worst < 1e-5);  // an update moves a weight by up to lr = 1.5e-3
+  fs::remove_all(dir_a);
+  fs::remove_all(dir_b);
+}
+
+TEST_CASE("pretrain: non-finite steps are skipped, counted, logged; N in a row stop with the message", "[unit]") {
+  const fs::path dir = fresh_dir("nan");
+  auto o = base_options(dir, 100);
+  o.max_bad_steps = 3;
+  run_objects r(o);
+  r.trainer.start();
+  r.trainer.step();
+  r.trainer.step();
+  r.trainer.save();  // the last good checkpoint, after step 2
+
+  // A NaN in the output head makes the loss and every gradient NaN.
+  const auto& head = *r.model.params().find(param_kind::head);
+  const std::vector<float> good_head = r.model.get_param(head);
+  std::vector<float> poisoned = good_head;
+  poisoned[5] = std::numeric_limits<float>::quiet_NaN();
+  r.model.set_param(head, poisoned);
+  const auto before = all_params(r.model);
+  const auto moments_before = moments(r.trainer);
+
+  for (int i = 0; i < 2; ++i) {
+    const auto s = r.trainer.step();
+    CHECK(s.skipped);
+    CHECK(std::isnan(s.loss));
+  }
+  // Nothing moved: weights (the routing biases included), moments, the update count.
+  const auto after = all_params(r.model);
+  CHECK(std::memcmp(after.data(), before.data(), after.size() * sizeof(float)) == 0);
+  CHECK(moments(r.trainer) == moments_before);
+  CHECK(r.trainer.optimizer().steps() == 2);
+  CHECK(r.trainer.state().skipped == 2);
+  CHECK(r.trainer.state().consecutive_bad == 2);
+
+  // A good step resets the count in a row, not the total.
+  r.model.set_param(head, good_head);
+  CHECK(!r.trainer.step().skipped);
+  CHECK(r.trainer.state().consecutive_bad == 0);
+  CHECK(r.trainer.state().skipped == 2);
+  CHECK(r.trainer.optimizer().steps() == 3);
+
+  // Three in a row stop training at step 8.
+  r.model.set_param(head, poisoned);
+  r.trainer.step();
+  r.trainer.step();
+  const std::string expected = "training stopped: 3 consecutive steps with non-finite loss or gradient (last at step 8); "
+                               "last good checkpoint: " + (dir / "checkpoint").string();
+  CHECK_THROWS_WITH(r.trainer.step(), expected);
+  CHECK(r.trainer.state().skipped == 5);
+
+  // Every step is in metrics.jsonl; the skipped ones say so, with null losses.
+  const auto lines = dsx::read_metrics(dir / "metrics.jsonl");
+  REQUIRE(lines.size() == 8);
+  const std::vector<bool> skipped{false, false, true, true, false, true, true, true};
+  const std::vector<std::int64_t> in_a_row{0, 0, 1, 2, 0, 1, 2, 3};
+  for (std::size_t i = 0; i < lines.size(); ++i) {
+    INFO("line " << i + 1);
+    CHECK(lines[i]["skipped"] == bool(skipped[i]));
+    CHECK(lines[i]["consecutive_bad"] == in_a_row[i]);
+    CHECK(lines[i]["loss"].is_null() == skipped[i]);
+  }
+  CHECK(lines.back()["skipped_total"] == 5);
+
+  // The last good checkpoint loads into fresh objects.
+  run_objects fresh(o);
+  fresh.trainer.resume();
+  CHECK(fresh.trainer.state().step == 2);
+  CHECK(fresh.trainer.state().skipped == 0);
+  CHECK(!fresh.trainer.step().skipped);
+  // metrics.jsonl dropped the lines after the checkpoint (steps 3..8 of the stopped run) before appending.
+  const auto resumed = dsx::read_metrics(dir / "metrics.jsonl");
+  REQUIRE(resumed.size() == 3);
+  CHECK(resumed[1]["loss"] == lines[1]["loss"]);
+  CHECK(resumed[2]["step"] == 3);
+  CHECK(resumed[2]["skipped"] == false);
+  fs::remove_all(dir);
+}
+
+namespace {
+
+// A minimal XML well-formedness check: a prolog, then properly nested elements with quoted attributes,
+// one root. Returns the element names in document order; throws std::runtime_error on a violation.
+std::vector<std::string> parse_xml(const std::string& s) {
+  std::vector<std::string> stack, names;
+  std::size_t i = 0;
+  const auto fail = [&](const std::string& what) { throw std::runtime_error(what + " at byte " + std::to_string(i)); };
+  if (s.rfind("<?xml", 0) == 0) i = s.find("?>") + 2;
+  bool root_done = false;
+  while (i < s.size()) {
+    if (s[i] != '<') {
+      if (stack.empty() && !std::isspace(static_cast<unsigned char>(s[i]))) fail("text outside the root");
+      if (s[i] == '&' && s.compare(i, 4, "&lt;") && s.compare(i, 4, "&gt;") && s.compare(i, 5, "&amp;") &&
+          s.compare(i, 6, "&quot;"))
+        fail("bad entity");
+      ++i;
+      continue;
+    }
+    const std::size_t end = s.find('>', i);
+    if (end == std::string::npos) fail("unterminated tag");
+    std::string tag = s.substr(i + 1, end - i - 1);
+    i = end + 1;
+    if (tag[0] == '/') {
+      if (stack.empty() || stack.back() != tag.substr(1)) fail("mismatched </" + tag.substr(1) + ">");
+      stack.pop_back();
+      if (stack.empty()) root_done = true;
+      continue;
+    }
+    const bool self_closing = tag.back() == '/';
+    if (self_closing) tag.pop_back();
+    const std::string name = tag.substr(0, tag.find_first_of(" \n\t"));
+    if (name.empty()) fail("empty element name");
+    if (stack.empty() && root_done) fail("second root element");
+    int quotes = 0;
+    for (char c : tag) quotes += c == '"';
+    if (quotes % 2) fail("unbalanced quotes in <" + name + ">");
+    names.push_back(name);
+    if (self_closing) {
+      if (stack.empty()) root_done = true;
+    } else {
+      stack.push_back(name);
+    }
+  }
+  if (!stack.empty()) fail("unclosed <" + stack.back() + ">");
+  if (names.empty()) fail("no element");
+  return names;
+}
+
+}  // namespace
+
+TEST_CASE("pretrain: metrics.jsonl has the required keys; metrics.svg is well-formed with the curves", "[unit]") {
+  const fs::path dir = fresh_dir("metrics");
+  run_objects r(base_options(dir, 3));
+  r.trainer.start();
+  r.trainer.run();
+  const auto lines = dsx::read_metrics(dir / "metrics.jsonl");
+  REQUIRE(lines.size() == 3);
+  for (const auto& j : lines)
+    for (const char* key : {"step", "loss", "lm_loss", "mtp_loss", "balance_loss", "lr", "grad_norm", "tokens_per_s",
+                            "max_load_ratio"}) {
+      INFO(key);
+      REQUIRE(j.contains(key));
+      CHECK(j[key].is_number());
+    }
+  CHECK(lines[2]["tokens"] == 3 * 4 * seq);
+
+  std::ifstream in(dir / "metrics.svg");
+  REQUIRE(in);
+  std::stringstream text;
+  text << in.rdbuf();
+  std::vector<std::string> names;
+  REQUIRE_NOTHROW(names = parse_xml(text.str()));
+  CHECK(names.front() == "svg");
+  // One curve per series with data: loss, lm_loss, mtp_loss, balance_loss, lr, grad_norm, max_load_ratio.
+  CHECK(std::count(names.begin(), names.end(), "polyline") == 7);
+  CHECK_THROWS(parse_xml("<svg><g></svg></g>"));  // the checker itself rejects bad nesting
+  CHECK_THROWS(parse_xml("<svg><g></g>"));
+  fs::remove_all(dir);
+}
+
+TEST_CASE("pretrain: a resume with other arithmetic is refused, naming the options", "[unit]") {
+  const fs::path dir = fresh_dir("options");
+  {
+    run_objects r(base_options(dir, 1));
+    r.trainer.start();
+    r.trainer.run();
+  }
+  auto o = base_options(dir, 2);
+  o.lr.peak = 1e-2;
+  o.gamma = 0.5;
+  run_objects r(o);
+  CHECK_THROWS_WITH(r.trainer.resume(), Catch::Contains("options that change the arithmetic") &&
+                                            Catch::Contains("lr: checkpoint") && Catch::Contains("gamma: checkpoint 0.01, now 0.5"));
+  run_objects none(base_options(fresh_dir("empty"), 2));
+  CHECK_THROWS_WITH(none.trainer.resume(), Catch::Contains("--resume: no checkpoint in"));
+  fs::remove_all(dir);
+}
