@@ -1,5 +1,5 @@
 // Compiles the host-side library with nvcc (C++20, sm_90): every host primitive and layer instantiated
-// for float with the host backend, the configuration checks and counts evaluated through a class-type
+// for float with the host backend, the tiny model itself, the configuration checks and counts evaluated through a class-type
 // non-type template argument (the pattern dsx::transformer<config, ...> uses), and the scalar types that
 // are written once for host and device called from a kernel. Nothing runs; compiling is the test.
 #include <tuple>
@@ -32,6 +32,13 @@ struct model_facts {
 static_assert(model_facts<dsx::presets::tiny_v3>::total == dsx::params_total(dsx::presets::tiny_v3));
 static_assert(model_facts<dsx::presets::tiny_v3>::activated == dsx::params_activated(dsx::presets::tiny_v3));
 static_assert(model_facts<dsx::presets::v3_671b>::total == dsx::params_total(dsx::presets::v3_671b));
+
+}  // namespace
+
+// The whole tiny model (every layer, forward, backward, greedy decoding) on the host backend.
+template class dsx::transformer<dsx::presets::tiny_v3, dsx::precision::f32, dsx::backend::host>;
+
+namespace {
 
 // DSX_HD code in device code: bf16 round trip.
 __global__ void bf16_round_trip(float* x, int n) {

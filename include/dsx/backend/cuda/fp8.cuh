@@ -119,7 +119,7 @@ __global__ void gemm_fp8_block_kernel(std::int64_t m, std::int64_t n, std::int64
 }
 
 // cuBLASLt's scale layouts from dsx's: at (kb, m) = a_s (m, kb)ᵀ; bt (nb, l4) = b_s (nb, kb), zero padded.
-__global__ void fp8_lt_scales_kernel(float* at, float* bt, const float* a_s, const float* b_s, std::int64_t m,
+static __global__ void fp8_lt_scales_kernel(float* at, float* bt, const float* a_s, const float* b_s, std::int64_t m,
                                      std::int64_t nb, std::int64_t kb, std::int64_t l4) {
   const std::int64_t total = m * kb + nb * l4;
   for (std::int64_t e = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; e < total;
