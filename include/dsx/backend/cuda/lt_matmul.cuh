@@ -197,7 +197,11 @@ class lt_matmul {
       ++queries_;
       const cublasStatus_t status =
           cublasLtMatmulAlgoGetHeuristic(handle_, pl.op, pl.a, pl.b, pl.c, pl.c, pref, 1, &result, &found);
-      if (!(p.fp8_block && status == CUBLAS_STATUS_NOT_SUPPORTED))
+      // For block-scaled FP8 the heuristic's refusal is an answer, not a failure: cuBLASLt 13.1 on an
+      // H100 returned INVALID_VALUE for these problems (seen 2026-11-22), NOT_SUPPORTED elsewhere. The
+      // caller then takes the fallback kernel.
+      const bool refused = status == CUBLAS_STATUS_NOT_SUPPORTED || status == CUBLAS_STATUS_INVALID_VALUE;
+      if (!(p.fp8_block && refused))
         check_cublas(status, "cublasLtMatmulAlgoGetHeuristic", __FILE__, __LINE__);
       else
         found = 0;
