@@ -314,6 +314,28 @@ std::vector<std::string> parse_xml(const std::string& s) {
 
 }  // namespace
 
+TEST_CASE("pretrain: non-finite router scores inside the model skip the step instead of stopping", "[unit]") {
+  const fs::path dir = fresh_dir("router");
+  auto o = base_options(dir, 100);
+  run_objects r(o);
+  r.trainer.start();
+  r.trainer.step();
+  // A NaN router weight makes the scores of MoE layer 1 non-finite: moe_route reports it as a
+  // non_finite_error (the loss is never computed), which the trainer counts as a non-finite step.
+  const auto& router = *r.model.params().find(param_kind::router, 1);
+  const std::vector<float> good = r.model.get_param(router);
+  std::vector<float> poisoned = good;
+  poisoned[0] = std::numeric_limits<float>::quiet_NaN();
+  r.model.set_param(router, poisoned);
+  const auto s = r.trainer.step();
+  CHECK(s.skipped);
+  CHECK(r.trainer.state().skipped == 1);
+  CHECK(r.trainer.optimizer().steps() == 1);
+  r.model.set_param(router, good);
+  CHECK(!r.trainer.step().skipped);
+  fs::remove_all(dir);
+}
+
 TEST_CASE("pretrain: metrics.jsonl has the required keys; metrics.svg is well-formed with the curves", "[unit]") {
   const fs::path dir = fresh_dir("metrics");
   run_objects r(base_options(dir, 3));

@@ -29,6 +29,7 @@
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
+#include <limits>
 #include <optional>
 #include <span>
 #include <string>
@@ -173,17 +174,24 @@ class pretrainer {
     model_.set_mtp_weight(r.mtp_weight);
     model_.set_balance_weight(options_.alpha);
     tokens_.resize(std::size_t(rows * len));
+    bool diverged = false;  // values inside the model became non-finite (e.g. router scores)
     for (std::int64_t i = 0; i < micro; ++i) {
-      loader_.next(tokens_);
-      r.loss += model_.forward(tokens_, rows, len);
-      r.lm_loss += model_.last_lm_loss();
-      if constexpr (config.mtp_depth > 0) {
-        double sum = 0;
-        for (double l : model_.last_mtp_losses()) sum += l;
-        r.mtp_loss += sum / config.mtp_depth;
+      loader_.next(tokens_);  // read even when the step is already lost: a resumed run reads the same batches
+      if (diverged) continue;
+      try {
+        r.loss += model_.forward(tokens_, rows, len);
+        r.lm_loss += model_.last_lm_loss();
+        if constexpr (config.mtp_depth > 0) {
+          double sum = 0;
+          for (double l : model_.last_mtp_losses()) sum += l;
+          r.mtp_loss += sum / config.mtp_depth;
+        }
+        r.balance_loss += model_.last_balance_loss();
+        model_.backward();
+      } catch (const non_finite_error&) {
+        diverged = true;
+        r.loss = std::numeric_limits<double>::quiet_NaN();
       }
-      r.balance_loss += model_.last_balance_loss();
-      model_.backward();
     }
     r.loss /= double(micro);
     r.lm_loss /= double(micro);

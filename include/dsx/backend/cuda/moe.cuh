@@ -278,8 +278,9 @@ inline const std::vector<std::int32_t>& host_offsets(cuda& be, const std::int32_
                           " with expert id " + std::to_string(h[1]) + ", expected [0, " + std::to_string(experts) +
                           ") (checked here, where the expert offsets first reach the host)";
     if (h[1] == moe_unrouted)
-      message += "; moe_route gives that id to every assignment of a token with a non-finite router score "
-                 "(router logits or correction bias are inf/NaN), and assignment a belongs to token a / top_k";
+      throw non_finite_error(message +
+                             "; moe_route gives that id to every assignment of a token with a non-finite router score "
+                             "(router logits or correction bias are inf/NaN), and assignment a belongs to token a / top_k");
     throw error(message);
   }
   if (h[0] != 0)

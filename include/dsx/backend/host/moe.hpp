@@ -64,7 +64,7 @@ void moe_route(host&, const route_params& p, accum_t<T>* scores, std::int32_t* i
     router_select(p, indices + t * p.top_k, weights + t * p.top_k, s, bias);
   }
   if (bad_token < tokens)
-    throw error("moe_route: token " + std::to_string(bad_token) +
+    throw non_finite_error("moe_route: token " + std::to_string(bad_token) +
                 " has a non-finite router score (router logits or correction bias are inf/NaN)");
 }
 
