@@ -198,7 +198,7 @@ class pretrainer {
     r.mtp_loss /= double(micro);
     r.balance_loss /= double(micro);
     r.grad_norm = optimizer_.grad_norm() / double(micro);
-    if (!model_.moe_layers().empty()) r.max_load_ratio = model_.max_load_ratio();
+    if (!diverged && !model_.moe_layers().empty()) r.max_load_ratio = model_.max_load_ratio();
 
     r.skipped = !std::isfinite(r.loss) || !std::isfinite(r.grad_norm);
     if (r.skipped) {
