@@ -136,7 +136,7 @@ inline std::string escape(const std::string& s) {
 
 inline std::string number(double v) {
   char buf[32];
-  std::snprintf(buf, sizeof buf, "%.4g", v);
+  std::snprintf(buf, sizeof buf, "%.3g", v);
   return buf;
 }
 
@@ -148,13 +148,30 @@ inline std::string coord(double v) {
 
 inline constexpr const char* colors[] = {"#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"};
 
+// Values k · step in [lo, hi] with step 1, 2 or 5 times a power of ten, about four intervals.
+inline std::vector<double> nice_ticks(double lo, double hi) {
+  const double raw = (hi - lo) / 4.0;
+  const double base = std::pow(10.0, std::floor(std::log10(raw)));
+  const double step = raw / base < 1.5 ? base : raw / base < 3.5 ? 2 * base : raw / base < 7.5 ? 5 * base : 10 * base;
+  std::vector<double> out;
+  for (double v = std::ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) out.push_back(std::abs(v) < step * 1e-9 ? 0.0 : v);
+  return out;
+}
+
+// Five evenly spaced values from lo to hi (log axes, where round values of the exponent mean little).
+inline std::vector<double> even_ticks(double lo, double hi) {
+  std::vector<double> out;
+  for (int t = 0; t <= 4; ++t) out.push_back(lo + (hi - lo) * t / 4.0);
+  return out;
+}
+
 }  // namespace plot_detail
 
 // Writes the panels, stacked, as one SVG file (atomically).
 inline void write_svg_plot(const std::filesystem::path& path, const std::string& title, std::span<const plot_panel> panels) {
   using namespace plot_detail;
   constexpr double width = 800, panel_h = 220, left = 70, right = 170, top = 40, gap = 40;
-  const double height = top + double(panels.size()) * (panel_h + gap);
+  const double height = top + double(panels.size()) * (panel_h + gap) + 16;  // + the x-axis name
   const double plot_w = width - left - right;
   std::string svg = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n";
   svg += "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" + coord(width) + "\" height=\"" + coord(height) +
@@ -186,15 +203,17 @@ inline void write_svg_plot(const std::filesystem::path& path, const std::string&
     if (ymax == ymin) ymax = ymin + (ymin == 0 ? 1 : std::abs(ymin) * 0.1), ymin -= (ymax - ymin) * 0.5;
     const auto px = [&](double x) { return left + (x - xmin) / (xmax - xmin) * plot_w; };
     const auto py = [&](double v) { return y0 + panel_h - (v - ymin) / (ymax - ymin) * panel_h; };
-    for (int t = 0; t <= 4; ++t) {  // ticks
-      const double v = ymin + (ymax - ymin) * t / 4.0, x = xmin + (xmax - xmin) * t / 4.0;
+    // Grid lines and labels at round values (1, 2 or 5 times a power of ten); a log axis gets five
+    // evenly spaced decades-or-fractions labelled with three significant digits.
+    for (double v : panel.log_y ? even_ticks(ymin, ymax) : nice_ticks(ymin, ymax)) {
       svg += "<line x1=\"" + coord(left) + "\" y1=\"" + coord(py(v)) + "\" x2=\"" + coord(left + plot_w) + "\" y2=\"" +
              coord(py(v)) + "\" stroke=\"#ddd\"/>\n";
       svg += "<text x=\"" + coord(left - 4) + "\" y=\"" + coord(py(v) + 4) + "\" text-anchor=\"end\">" +
              number(panel.log_y ? std::pow(10.0, v) : v) + "</text>\n";
+    }
+    for (double x : nice_ticks(xmin, xmax))
       svg += "<text x=\"" + coord(px(x)) + "\" y=\"" + coord(y0 + panel_h + 14) + "\" text-anchor=\"middle\">" +
              number(x) + "</text>\n";
-    }
     for (std::size_t s = 0; s < panel.series.size(); ++s) {
       const plot_series& series = panel.series[s];
       const char* color = colors[s % std::size(colors)];
@@ -210,7 +229,7 @@ inline void write_svg_plot(const std::filesystem::path& path, const std::string&
     }
     svg += "</g>\n";
   }
-  svg += "<text x=\"" + coord(left + plot_w / 2) + "\" y=\"" + coord(height - 8) + "\" text-anchor=\"middle\">step</text>\n";
+  svg += "<text x=\"" + coord(left + plot_w / 2) + "\" y=\"" + coord(height - 6) + "\" text-anchor=\"middle\">step</text>\n";
   svg += "</svg>\n";
   const std::span<const std::byte> piece = std::as_bytes(std::span(svg));
   write_file_atomic(path, std::span<const std::span<const std::byte>>(&piece, 1));
