@@ -3,7 +3,7 @@
 # Uses sudo only when not run as root. The CUDA toolkit (nvcc) is optional and not installed here.
 set -euo pipefail
 
-packages=(cmake g++ make ninja-build libopenblas-dev libboost-dev catch2 nlohmann-json3-dev libcli11-dev libfmt-dev
+packages=(cmake g++ make ninja-build libopenblas-dev libopenblas-openmp-dev libboost-dev catch2 nlohmann-json3-dev libcli11-dev libfmt-dev
           libonig-dev zlib1g-dev)
 
 if ! command -v dpkg-query >/dev/null; then
