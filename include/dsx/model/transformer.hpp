@@ -27,8 +27,9 @@
 // model/params.hpp. All tensor memory belongs to the backend; the host only sees tokens, losses and
 // whatever it explicitly downloads.
 //
-// The layer stack is a range [first_layer, last_layer) so that a pipeline stage later owns a sub-range;
-// this version runs the single-rank layout (all layers, all experts local).
+// The layer stack runs over a range of layers (`stack`, from config/parallel.hpp's stage_layers) so that
+// a pipeline stage later owns a sub-range; this version runs the single-rank layout: one stage holding
+// every layer, all experts local.
 #pragma once
 
 #include <algorithm>
@@ -63,6 +64,9 @@ class transformer {
   using A = accum_t<T>;
   static constexpr model_config config = C;
   static constexpr precision_policy precision = P;
+  // The decoder layers this object runs: all of them in the single-rank layout.
+  static constexpr layer_range stack = stage_layers(C.layers, single_rank.pipeline, 0);
+  static_assert(stack.first == 0 && stack.last == C.layers, "the single-rank layout runs every layer");
 
   // Plans memory for up to `max_batch` sequences of up to `max_seq` tokens.
   transformer(Backend& be, std::int64_t max_batch, std::int64_t max_seq)
@@ -121,7 +125,7 @@ class transformer {
     const std::int64_t n = batch * seq, d = C.hidden;
     be_.upload(tokens_, tokens.data(), std::size_t(n) * sizeof(std::int32_t));
     embedding_forward(be_, res_[0], param(param_kind::embed), tokens_, n, d);  // (N, d)
-    for (int l = 0; l < C.layers; ++l)
+    for (int l = stack.first; l < stack.last; ++l)
       blocks_[std::size_t(l)].forward(be_, weights(l), res_[l], res_[l + 1], batch, seq, cos_, sin_, scratch_);
     final_forward(n);
     if (!with_loss) return 0.0;
@@ -239,7 +243,7 @@ class transformer {
                                          mtp_h_[std::size_t(k - 1)], dh, k < C.mtp_depth, dh_prev, k == 1, batch_,
                                          seq_, cos_, sin_, scratch_);
     }
-    for (int l = C.layers - 1; l >= 0; --l)
+    for (int l = stack.last - 1; l >= stack.first; --l)
       blocks_[std::size_t(l)].backward(be_, weights(l), grads(l), res_[l], dres_, batch_, seq_, cos_, sin_, scratch_);
     embedding_backward(be_, grad(param_kind::embed), dres_, tokens_, n, d);
     have_loss_ = false;
@@ -283,7 +287,7 @@ class transformer {
       embedding_forward(be_, res_[0], param(param_kind::embed), tokens_, n, d);
       for (int l : moe_layers_)
         if (l < C.layers) moe_layer(l).set_sequences(batch, len);
-      for (int l = 0; l < C.layers; ++l)
+      for (int l = stack.first; l < stack.last; ++l)
         blocks_[std::size_t(l)].decode(be_, weights(l), res_[l], res_[l + 1], batch, len, pos, caches[std::size_t(l)],
                                        cos_, sin_, scratch_);
       final_forward(n);
