@@ -32,13 +32,12 @@ struct model_facts {
 static_assert(model_facts<dsx::presets::tiny_v3>::total == dsx::params_total(dsx::presets::tiny_v3));
 static_assert(model_facts<dsx::presets::tiny_v3>::activated == dsx::params_activated(dsx::presets::tiny_v3));
 static_assert(model_facts<dsx::presets::v3_671b>::total == dsx::params_total(dsx::presets::v3_671b));
+static_assert(model_facts<dsx::presets::v3_671b>::activated == dsx::params_activated(dsx::presets::v3_671b));
 
 }  // namespace
 
 // The whole tiny model (every layer, forward, backward, greedy decoding) on the host backend.
 template class dsx::transformer<dsx::presets::tiny_v3, dsx::precision::f32, dsx::backend::host>;
-
-namespace {
 
 // DSX_HD code in device code: bf16 round trip.
 __global__ void bf16_round_trip(float* x, int n) {
@@ -46,4 +45,3 @@ __global__ void bf16_round_trip(float* x, int n) {
   if (i < n) x[i] = float(dsx::bf16(x[i]));
 }
 
-}  // namespace
