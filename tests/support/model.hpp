@@ -13,6 +13,15 @@
 
 namespace dsx::test {
 
+// The smallest model with every trained feature: two main layers (dense, then MoE with a routing bias)
+// and one MTP module with an MoE block. Used by the checkpoint and pre-training tests.
+inline constexpr model_config tiny_mtp{
+    .vocab = 13, .hidden = 8, .layers = 2, .dense_layers = 1, .dense_inter = 8,
+    .mla = {.heads = 2, .q_lora = 0, .kv_lora = 4, .nope = 4, .rope = 2, .v = 4},
+    .moe = {.routed = 4, .shared = 1, .top_k = 2, .groups = 2, .top_groups = 1, .score = score_fn::sigmoid,
+            .norm_topk = true, .route_scale = 2.5, .bias = true, .inter = 4},
+    .rms_eps = 1e-6, .mtp_depth = 1, .max_positions = 16};
+
 template <model_config C>
 using model_t = transformer<C, precision::f64, backend::host>;
 

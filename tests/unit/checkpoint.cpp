@@ -21,6 +21,7 @@
 #include "dsx/io/checkpoint.hpp"
 #include "dsx/model/init.hpp"
 #include "dsx/model/transformer.hpp"
+#include "support/model.hpp"
 
 namespace fs = std::filesystem;
 using dsx::param_kind;
@@ -28,13 +29,7 @@ using Catch::Contains;
 
 namespace {
 
-// Two main layers (dense, then MoE with a routing bias) and one MTP module.
-constexpr dsx::model_config tiny{
-    .vocab = 13, .hidden = 8, .layers = 2, .dense_layers = 1, .dense_inter = 8,
-    .mla = {.heads = 2, .q_lora = 0, .kv_lora = 4, .nope = 4, .rope = 2, .v = 4},
-    .moe = {.routed = 4, .shared = 1, .top_k = 2, .groups = 2, .top_groups = 1, .score = dsx::score_fn::sigmoid,
-            .norm_topk = true, .route_scale = 2.5, .bias = true, .inter = 4},
-    .rms_eps = 1e-6, .mtp_depth = 1, .max_positions = 16};
+constexpr dsx::model_config tiny = dsx::test::tiny_mtp;
 template <dsx::precision_policy P>
 using model_t = dsx::transformer<tiny, P, dsx::backend::host>;
 using f32_model = model_t<dsx::precision::f32>;

@@ -26,6 +26,7 @@
 #include "dsx/backend/host/all.hpp"
 #include "dsx/model/init.hpp"
 #include "dsx/model/transformer.hpp"
+#include "support/model.hpp"
 #include "dsx/train/pretrain.hpp"
 
 namespace fs = std::filesystem;
@@ -33,13 +34,7 @@ using dsx::param_kind;
 
 namespace {
 
-// Two main layers (dense, then MoE with a routing bias) and one MTP module with an MoE block.
-constexpr dsx::model_config tiny{
-    .vocab = 13, .hidden = 8, .layers = 2, .dense_layers = 1, .dense_inter = 8,
-    .mla = {.heads = 2, .q_lora = 0, .kv_lora = 4, .nope = 4, .rope = 2, .v = 4},
-    .moe = {.routed = 4, .shared = 1, .top_k = 2, .groups = 2, .top_groups = 1, .score = dsx::score_fn::sigmoid,
-            .norm_topk = true, .route_scale = 2.5, .bias = true, .inter = 4},
-    .rms_eps = 1e-6, .mtp_depth = 1, .max_positions = 16};
+constexpr dsx::model_config tiny = dsx::test::tiny_mtp;
 using model_t = dsx::transformer<tiny, dsx::precision::f32, dsx::backend::host>;
 
 constexpr std::int64_t seq = 7;
