@@ -3,8 +3,11 @@
 //   dsx-<model> train [--data PATH] --steps N --out DIR [--resume] [options]
 //
 // Without --data the run uses the built-in corpus (data/corpus.hpp) tokenized by the default tokenizer
-// for the model's vocabulary, which is saved as DIR/tokenizer.json; with --data, PATH is a token shard or
-// a folder of shards. DIR receives metrics.jsonl, metrics.svg and checkpoint/ (io/checkpoint.hpp).
+// for the model's vocabulary, which is saved as DIR/tokenizer.json. With --data, PATH is token shards (a
+// .safetensors shard or a folder of them), or text: a .jsonl file of {"text": ...} documents, a plain
+// text file, or a folder of such files, tokenized once into DIR/shards by --tokenizer (an HF
+// tokenizer.json; default: the default tokenizer for the model's vocabulary) — a resumed run reuses
+// DIR/shards. DIR receives metrics.jsonl, metrics.svg and checkpoint/ (io/checkpoint.hpp).
 #pragma once
 
 #include <CLI/CLI.hpp>
@@ -30,8 +33,32 @@
 
 namespace dsx::tool {
 
+// A .safetensors file, or a folder holding .safetensors files: token shards rather than text.
+inline bool is_token_shards(const std::filesystem::path& path) {
+  if (!std::filesystem::is_directory(path)) return path.extension() == ".safetensors";
+  for (const auto& e : std::filesystem::directory_iterator(path))
+    if (e.path().extension() == ".safetensors") return true;
+  return false;
+}
+
+// The text files of --data: the file itself, or the regular files of a folder in name order.
+inline std::vector<std::filesystem::path> text_inputs(const std::filesystem::path& path) {
+  std::vector<std::filesystem::path> out;
+  if (std::filesystem::is_directory(path)) {
+    for (const auto& e : std::filesystem::directory_iterator(path))
+      if (e.is_regular_file()) out.push_back(e.path());
+    std::sort(out.begin(), out.end());
+  } else {
+    require(std::filesystem::is_regular_file(path), "train: --data '" + path.string() + "' is no file or folder");
+    out.push_back(path);
+  }
+  require(!out.empty(), "train: --data folder '" + path.string() + "' holds no files");
+  return out;
+}
+
+
 struct train_args {
-  std::string data, out;
+  std::string data, out, tokenizer;
   bool resume = false, no_shuffle = false;
   pretrain_options options;
   std::int64_t warmup = -1, decay = -1, mtp_switch = -1;  // -1: derived from --steps
@@ -44,7 +71,11 @@ inline void add_train_flags(CLI::App& cmd, train_args& a, std::int64_t max_posit
   pretrain_options& o = a.options;
   o.lr.peak = 2.2e-4;
   o.lr.final = 2.2e-5;
-  cmd.add_option("--data", a.data, "token shard file or folder of shards (default: the built-in corpus)");
+  cmd.add_option("--data", a.data,
+                 "token shards (.safetensors file or folder) or text (.jsonl / text file or folder; tokenized into "
+                 "DIR/shards) (default: the built-in corpus)");
+  cmd.add_option("--tokenizer", a.tokenizer,
+                 "HF tokenizer.json for text --data (default: the default tokenizer for the model's vocabulary)");
   cmd.add_option("--steps", o.steps, "train until this many steps are done")->required()->check(CLI::NonNegativeNumber);
   cmd.add_option("--out", a.out, "output folder: metrics.jsonl, metrics.svg, checkpoint/")->required();
   cmd.add_flag("--resume", a.resume, "continue from DIR/checkpoint (bit-identical to an uninterrupted run)");
@@ -98,8 +129,21 @@ int train(train_args a) {
     const bpe_tokenizer tokenizer = default_tokenizer(C.vocab);
     shards.push_back(default_corpus_tokens(tokenizer));
     std::ofstream(o.out / "tokenizer.json") << tokenizer.to_json();
-  } else {
+  } else if (is_token_shards(a.data)) {
     shards = open_shards(a.data);
+  } else {
+    const std::filesystem::path shard_dir = o.out / "shards";
+    if (!(a.resume && std::filesystem::exists(shard_dir))) {
+      const bpe_tokenizer tokenizer = a.tokenizer.empty() ? default_tokenizer(C.vocab) : bpe_tokenizer::load(a.tokenizer);
+      require(tokenizer.vocab_size() <= C.vocab, "train: the tokenizer has " + std::to_string(tokenizer.vocab_size()) +
+                                                     " ids, more than the model's vocabulary of " + std::to_string(C.vocab));
+      std::ofstream(o.out / "tokenizer.json") << tokenizer.to_json();
+      const auto inputs = text_inputs(a.data);
+      const auto summary = write_shards(inputs, tokenizer, shard_dir);
+      fmt::print("tokenized {} documents from {} file(s) into {} tokens in {}\n", summary.documents, inputs.size(),
+                 summary.tokens, shard_dir.string());
+    }
+    shards = open_shards(shard_dir);
   }
   packed_loader loader(std::move(shards), loader_options{.batch = o.batch / o.micro_batches, .sequence_length = o.seq,
                                                          .seed = o.seed, .shuffle = !a.no_shuffle, .model_vocab = C.vocab});
