@@ -160,13 +160,10 @@ void run_train(const section_context& ctx, bool tf32, const std::string& precisi
 
 }  // namespace
 
-constexpr precision_policy bf16_storage{dtype::bf16, dtype::bf16, dtype::f32, dtype::bf16, dtype::bf16, dtype::f32};
-static_assert(!bf16_storage.has_master_copy());
-
 std::vector<std::string> describe_train_plan(const options& opt) { return train_plan_lines(opt); }
 
 void run_train_bf16(const section_context& ctx) {
-  run_train<bf16_storage>(ctx, false, "bf16 weights, activations and gradients, f32 accumulation");
+  run_train<dsx::precision::bf16_uniform>(ctx, false, "bf16 weights, activations and gradients, f32 accumulation");
 }
 
 void run_train_f32(const section_context& ctx) {

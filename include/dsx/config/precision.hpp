@@ -25,7 +25,11 @@ inline constexpr precision_policy f32{dtype::f32, dtype::f32, dtype::f32, dtype:
 inline constexpr precision_policy bf16{dtype::bf16, dtype::bf16, dtype::f32, dtype::f32, dtype::f32, dtype::f32};
 // DeepSeek-V3's recipe for the optimizer (§3.3): bf16 moments beside f32 master weights and grads.
 inline constexpr precision_policy bf16_v3{dtype::bf16, dtype::bf16, dtype::f32, dtype::f32, dtype::f32, dtype::bf16};
-static_assert(!f32.has_master_copy() && bf16.has_master_copy());
+// Everything the model computes with in bf16 (weights, activations, gradients), f32 accumulation, f32
+// moments, no master copy: the policy dsx::transformer runs in bf16 today (it keeps weights, activations
+// and gradients in one storage type).
+inline constexpr precision_policy bf16_uniform{dtype::bf16, dtype::bf16, dtype::f32, dtype::bf16, dtype::bf16, dtype::f32};
+static_assert(!f32.has_master_copy() && bf16.has_master_copy() && !bf16_uniform.has_master_copy());
 static_assert(bf16.accumulate == dtype::f32 && bf16_v3.moment == dtype::bf16);
 }  // namespace precision
 

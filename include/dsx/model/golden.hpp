@@ -31,7 +31,7 @@ template <class U>
 double max_relative_error(const std::vector<U>& found, const std::vector<double>& expected) {
   double num = 0, den = 0;
   for (std::size_t i = 0; i < expected.size(); ++i) {
-    num = std::max(num, std::abs(double(found[i]) - expected[i]));
+    num = std::max(num, std::abs(convert<double>(found[i]) - expected[i]));
     den = std::max(den, std::abs(expected[i]));
   }
   return den > 0 ? num / den : num;
@@ -102,7 +102,7 @@ std::vector<golden_check> verify_golden(Backend& be, const std::filesystem::path
     for (const auto& e : model.params().entries()) {
       if (!e.spec.trained() || e.spec.shared_copy() || g.find("expected.grad." + e.name)) continue;
       const auto found = model.get_grad(e);
-      const bool zero = std::all_of(found.begin(), found.end(), [](auto v) { return double(v) == 0.0; });
+      const bool zero = std::all_of(found.begin(), found.end(), [](auto v) { return convert<double>(v) == 0.0; });
       add_exact("grad." + e.name + " (absent from golden: must be 0)", zero ? 0 : 1);
     }
   }

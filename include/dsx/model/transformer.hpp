@@ -295,7 +295,7 @@ class transformer {
       step.assign(std::size_t(batch), 0);
       for (std::int64_t b = 0; b < batch; ++b) {
         const T* row = lg.data() + ((b + 1) * len - 1) * C.vocab;  // last position of row b
-        step[std::size_t(b)] = std::int32_t(std::max_element(row, row + C.vocab) - row);
+        step[std::size_t(b)] = std::int32_t(std::max_element(row, row + C.vocab, [](T a, T b) { return convert<A>(a) < convert<A>(b); }) - row);
         out[std::size_t(b * new_tokens + i)] = step[std::size_t(b)];
       }
       pos += len;
