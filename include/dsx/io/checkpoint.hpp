@@ -54,7 +54,7 @@ inline constexpr const char* checkpoint_format = "dsx-checkpoint-1";
 
 // Where a training run stands, besides the weights and the optimizer moments.
 struct trainer_state {
-  std::int64_t step = 0;             // training steps done (skipped ones included)
+  std::int64_t step = 0;             // training steps done (skipped ones and ones without an update included)
   std::int64_t updates = 0;          // optimizer updates applied: the LR schedule position
   std::int64_t tokens = 0;           // target tokens consumed
   std::uint64_t seed = 0;            // the run's seed (initialisation; the loader's shuffle seed is in `loader`)
@@ -118,6 +118,22 @@ inline std::string dtype_name(dtype t) { return std::string(safetensors_name(t))
 
 }  // namespace checkpoint_detail
 
+// Writes `model` as an HF model folder: config.json and model.safetensors (every tensor under its HF
+// name, in the model's storage type). `folder` is created; files in it are replaced.
+template <class Model>
+void write_weights(const std::filesystem::path& folder, Model& model) {
+  using T = typename Model::T;
+  std::filesystem::create_directories(folder);
+  checkpoint_detail::write_text(folder / "config.json", to_hf_config(Model::config).dump(2) + "\n");
+  safetensors::writer weights;
+  weights.set_metadata("format", "pt");
+  for (const auto& e : model.params().entries()) {
+    const std::vector<T> values = model.get_param(e);
+    weights.add<T>(e.name, values, param_shape(e.spec));
+  }
+  weights.write(folder / "model.safetensors");
+}
+
 // Writes the checkpoint of `model`, `optimizer` and `state` to out/checkpoint (see the top of the file).
 template <class Model>
 void save_checkpoint(const std::filesystem::path& out, Model& model, adamw<Model>& optimizer, const trainer_state& state) {
@@ -129,15 +145,7 @@ void save_checkpoint(const std::filesystem::path& out, Model& model, adamw<Model
   fs::remove_all(tmp);
   fs::create_directory(tmp);
 
-  checkpoint_detail::write_text(tmp / "config.json", to_hf_config(Model::config).dump(2) + "\n");
-
-  safetensors::writer weights;
-  weights.set_metadata("format", "pt");
-  for (const auto& e : model.params().entries()) {
-    const std::vector<T> values = model.get_param(e);
-    weights.add<T>(e.name, values, param_shape(e.spec));
-  }
-  weights.write(tmp / "model.safetensors");
+  write_weights(tmp, model);
 
   const std::int64_t n = optimizer.size();
   std::vector<M> m(static_cast<std::size_t>(n)), v(static_cast<std::size_t>(n));
@@ -195,9 +203,10 @@ inline trainer_state read_trainer_state(const std::filesystem::path& dir) {
   s.consecutive_bad = count_field(j, "consecutive_bad", where);
   s.options = field(j, "options", where);
   if (!s.options.is_object()) throw error(where + ": field \"options\" must be an object, found " + s.options.dump());
-  if (s.updates + s.skipped != s.step)
+  // A step either updates, is skipped, or (a GRPO step whose groups all carry no signal) neither.
+  if (s.updates + s.skipped > s.step)
     throw error(where + ": inconsistent counters: updates " + std::to_string(s.updates) + " + skipped " +
-                std::to_string(s.skipped) + " != step " + std::to_string(s.step));
+                std::to_string(s.skipped) + " exceed step " + std::to_string(s.step));
   if (s.consecutive_bad > s.skipped)
     throw error(where + ": inconsistent counters: consecutive_bad " + std::to_string(s.consecutive_bad) +
                 " exceeds skipped " + std::to_string(s.skipped));

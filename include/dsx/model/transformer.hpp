@@ -115,19 +115,26 @@ class transformer {
   double forward(std::span<const std::int32_t> tokens, std::int64_t batch, std::int64_t seq, bool with_loss = true) {
     check_tokens(tokens, batch, seq);
     have_loss_ = false;
+    have_graph_ = false;
     if constexpr (C.mtp_depth > 0)
       require(!with_loss || seq >= C.mtp_depth + 2,
               "transformer: the MTP loss of depth " + std::to_string(C.mtp_depth) + " needs sequences of at least " +
                   std::to_string(C.mtp_depth + 2) + " tokens, got " + std::to_string(seq));
     batch_ = batch;
     seq_ = seq;
-    for (int l : moe_layers_) moe_layer(l).set_sequences(batch, seq);
+    for (int l : moe_layers_) {
+      moe_layer(l).set_sequences(batch, seq);
+      // Only a loss includes the balance term: backward_logits / backward_hidden after a forward without
+      // loss must not add its gradient.
+      moe_layer(l).set_balance_weight(with_loss ? balance_weight_ : 0.0);
+    }
     const std::int64_t n = batch * seq, d = C.hidden;
     be_.upload(tokens_, tokens.data(), std::size_t(n) * sizeof(std::int32_t));
     embedding_forward(be_, res_[0], param(param_kind::embed), tokens_, n, d);  // (N, d)
     for (int l = stack.first; l < stack.last; ++l)
       blocks_[std::size_t(l)].forward(be_, weights(l), res_[l], res_[l + 1], batch, seq, cos_, sin_, scratch_);
     final_forward(n);
+    have_graph_ = true;
     if (!with_loss) return 0.0;
     upload_shifted(tokens, 1, targets_);
     const std::int64_t counted = batch * (seq - 1);
@@ -228,15 +235,62 @@ class transformer {
   // Accumulates d(loss)/d(parameters) of the last forward(with_loss = true) into the gradient buffer.
   void backward() {
     require(have_loss_, "transformer: backward() needs a forward() with loss first");
+    head_backward();
+    backward_stack(true);
+  }
+
+  // Post-training objectives that are not the mean next-token cross-entropy (GRPO, DPO, distillation)
+  // take the logits of a forward (without loss when a balance weight α > 0 is set, else either) and give
+  // back d(objective)/d(logits) of the same shape, (batch, seq, vocab) in host memory: backward_logits
+  // accumulates the parameter gradients of that objective. The MTP modules and the balance loss take no part.
+  void backward_logits(std::span<const T> dlogits) {
+    require(have_graph_, "transformer: backward_logits() needs a forward() first");
+    require(!have_loss_ || balance_weight_ == 0,
+            "transformer: backward_logits() after a forward with loss would add the balance loss's gradient; "
+            "run forward(tokens, batch, seq, false)");
+    require(std::int64_t(dlogits.size()) == batch_ * seq_ * C.vocab,
+            "transformer: backward_logits expects " + std::to_string(batch_ * seq_ * C.vocab) + " values, got " +
+                std::to_string(dlogits.size()));
+    be_.upload(dlogits_, dlogits.data(), dlogits.size() * sizeof(T));
+    head_backward();
+    backward_stack(false);
+  }
+
+  // The final hidden states of the last forward (after the final norm, before the head): (batch, seq,
+  // hidden). A reward model's scalar head reads them.
+  std::vector<T> hidden() { return download(xf_, batch_ * seq_ * C.hidden); }
+
+  // Accumulates the parameter gradients of an objective of the final hidden states, given
+  // d(objective)/d(hidden()) in host memory, (batch, seq, hidden). The head takes no part.
+  void backward_hidden(std::span<const T> dhidden) {
+    require(have_graph_, "transformer: backward_hidden() needs a forward() first");
+    require(!have_loss_ || balance_weight_ == 0,
+            "transformer: backward_hidden() after a forward with loss would add the balance loss's gradient; "
+            "run forward(tokens, batch, seq, false)");
+    require(std::int64_t(dhidden.size()) == batch_ * seq_ * C.hidden,
+            "transformer: backward_hidden expects " + std::to_string(batch_ * seq_ * C.hidden) + " values, got " +
+                std::to_string(dhidden.size()));
+    be_.upload(dxn_, dhidden.data(), dhidden.size() * sizeof(T));
+    backward_stack(false);
+  }
+
+ private:
+  // d logits → d xf (in dxn_) and the head's gradient.
+  void head_backward() {
     const std::int64_t n = batch_ * seq_, d = C.hidden;
     // head: logits = xf · W_headᵀ
     gemm(be_, true, false, C.vocab, d, n, 1.0, dlogits_, C.vocab, xf_, d, 1.0, grad(param_kind::head), d);
     gemm(be_, false, false, n, d, C.vocab, 1.0, dlogits_, C.vocab, param(param_kind::head), d, 0.0, dxn_, d);
+  }
+
+  // d xf (in dxn_) → every gradient below the head: final norm, MTP modules (with `mtp`), blocks, embedding.
+  void backward_stack(bool mtp) {
+    const std::int64_t n = batch_ * seq_, d = C.hidden;
     rmsnorm_backward(be_, dres_, d, grad(param_kind::final_norm), dxn_, d, res_[C.layers], d,
                      param(param_kind::final_norm), rstd_f_, n, d, false);
     // MTP modules from the deepest: module k's d h^{k−1} goes to module k − 1's output gradient, module
     // 1's is added to the main model's last hidden-state gradient.
-    for (int k = C.mtp_depth; k >= 1; --k) {
+    for (int k = mtp ? C.mtp_depth : 0; k >= 1; --k) {
       T* dh = mtp_grad_[std::size_t(k) % mtp_grad_.size()];
       T* dh_prev = k == 1 ? dres_ : mtp_grad_[std::size_t(k - 1) % mtp_grad_.size()];
       mtp_[std::size_t(k - 1)].backward(be_, mtp_weights_of(k), mtp_grads_of(k), mtp_input(k), shifted_[std::size_t(k)],
@@ -247,7 +301,10 @@ class transformer {
       blocks_[std::size_t(l)].backward(be_, weights(l), grads(l), res_[l], dres_, batch_, seq_, cos_, sin_, scratch_);
     embedding_backward(be_, grad(param_kind::embed), dres_, tokens_, n, d);
     have_loss_ = false;
+    have_graph_ = false;
   }
+
+ public:
 
   // Logits of the last forward: (batch, seq, vocab).
   std::vector<T> logits() { return download(logits_, batch_ * seq_ * C.vocab); }
@@ -262,15 +319,21 @@ class transformer {
     return out;
   }
 
-  // Greedy decoding through the latent KV cache: prefill `prompt_len` tokens of each of `batch` rows,
-  // then append `new_tokens` argmax tokens one at a time. Returns (batch, new_tokens).
-  std::vector<std::int32_t> generate_greedy(std::span<const std::int32_t> prompt, std::int64_t batch,
-                                            std::int64_t prompt_len, std::int64_t new_tokens) {
-    const std::int64_t cap = prompt_len + new_tokens;
+  // Decoding through the latent KV cache: prefills `prompt_len` tokens of each of `batch` rows, then
+  // appends one token per row per step, at most `max_new` steps. After the prefill and after every step,
+  // `next(logits, tokens)` receives the logits of each row's last position, (batch, vocab) in host
+  // memory, writes each row's next token into `tokens` (batch) and returns false to stop early (a
+  // sampler stops when every row has met a stop token). Returns the steps taken. The activations of a
+  // training forward are overwritten.
+  template <class Next>
+  std::int64_t generate(std::span<const std::int32_t> prompt, std::int64_t batch, std::int64_t prompt_len,
+                        std::int64_t max_new, Next&& next) {
+    const std::int64_t cap = prompt_len + max_new;
     require(batch <= max_batch_ && cap <= max_seq_,
             "generate: batch " + std::to_string(batch) + " × length " + std::to_string(cap) +
                 " exceeds the planned " + std::to_string(max_batch_) + " × " + std::to_string(max_seq_));
     check_tokens(prompt, batch, prompt_len);
+    have_loss_ = have_graph_ = false;
     const std::int64_t d = C.hidden, lat = C.mla.kv_lora, rope = C.mla.rope;
     arena<Backend> cache_mem(be_, std::size_t(C.layers * batch * cap * (lat + rope)) * sizeof(T));
     std::vector<mla_cache<T>> caches;
@@ -278,10 +341,10 @@ class transformer {
       T* base = reinterpret_cast<T*>(cache_mem.data()) + l * batch * cap * (lat + rope);
       caches.push_back(mla_cache<T>{base, base + batch * cap * lat, cap});
     }
-    std::vector<std::int32_t> out(std::size_t(batch * new_tokens));
     std::vector<std::int32_t> step(prompt.begin(), prompt.end());
-    std::int64_t pos = 0, len = prompt_len;
-    for (std::int64_t i = 0; i < new_tokens; ++i) {
+    std::vector<T> last(std::size_t(batch * C.vocab));
+    std::int64_t pos = 0, len = prompt_len, taken = 0;
+    for (;;) {
       const std::int64_t n = batch * len;
       be_.upload(tokens_, step.data(), std::size_t(n) * sizeof(std::int32_t));
       embedding_forward(be_, res_[0], param(param_kind::embed), tokens_, n, d);
@@ -291,16 +354,32 @@ class transformer {
         blocks_[std::size_t(l)].decode(be_, weights(l), res_[l], res_[l + 1], batch, len, pos, caches[std::size_t(l)],
                                        cos_, sin_, scratch_);
       final_forward(n);
-      const auto lg = download(logits_, n * C.vocab);
+      for (std::int64_t b = 0; b < batch; ++b)  // the last position of row b
+        be_.download(last.data() + b * C.vocab, logits_ + ((b + 1) * len - 1) * C.vocab, std::size_t(C.vocab) * sizeof(T));
       step.assign(std::size_t(batch), 0);
-      for (std::int64_t b = 0; b < batch; ++b) {
-        const T* row = lg.data() + ((b + 1) * len - 1) * C.vocab;  // last position of row b
-        step[std::size_t(b)] = std::int32_t(std::max_element(row, row + C.vocab, [](T a, T b) { return convert<A>(a) < convert<A>(b); }) - row);
-        out[std::size_t(b * new_tokens + i)] = step[std::size_t(b)];
-      }
+      if (taken == max_new || !next(std::span<const T>(last), std::span<std::int32_t>(step))) break;
+      if (++taken == max_new) break;  // the last token needs no forward
       pos += len;
       len = 1;
     }
+    return taken;
+  }
+
+  // Greedy decoding: `new_tokens` argmax tokens after each row's prompt. Returns (batch, new_tokens).
+  std::vector<std::int32_t> generate_greedy(std::span<const std::int32_t> prompt, std::int64_t batch,
+                                            std::int64_t prompt_len, std::int64_t new_tokens) {
+    std::vector<std::int32_t> out(std::size_t(batch * new_tokens));
+    std::int64_t i = 0;
+    generate(prompt, batch, prompt_len, new_tokens, [&](std::span<const T> logits, std::span<std::int32_t> tokens) {
+      for (std::int64_t b = 0; b < batch; ++b) {
+        const T* row = logits.data() + b * C.vocab;
+        tokens[std::size_t(b)] = std::int32_t(
+            std::max_element(row, row + C.vocab, [](T x, T y) { return convert<A>(x) < convert<A>(y); }) - row);
+        out[std::size_t(b * new_tokens + i)] = tokens[std::size_t(b)];
+      }
+      ++i;
+      return true;
+    });
     return out;
   }
 
@@ -446,7 +525,8 @@ class transformer {
   param_table table_;
   std::int64_t max_batch_, max_seq_;
   std::int64_t batch_ = 0, seq_ = 0;
-  bool have_loss_ = false;
+  bool have_loss_ = false;   // the last forward kept a loss that backward() can differentiate
+  bool have_graph_ = false;  // the last forward's activations are intact for a backward
   double lm_loss_ = 0, mtp_weight_ = 0.3, balance_weight_ = 0, balance_loss_ = 0;
   std::vector<double> mtp_losses_ = std::vector<double>(std::size_t(C.mtp_depth), 0.0);
   arena<Backend> params_, grads_, rope_mem_, acts_, load_mem_;
