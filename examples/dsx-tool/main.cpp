@@ -7,6 +7,8 @@
 //   dsx-<model> tokenize --tokenizer PATH [--input FILE.jsonl] [--add-special]
 //   dsx-<model> bench sgemm | train [--batch B --seq T --steps N]   speed on this machine
 //   dsx-<model> train [--data PATH] --steps N --out DIR [--resume] [options]   pre-training
+//   dsx-<model> sft | reward-model | dpo | grpo | rejection-sample | distill | evaluate | recipe
+//                                                      post-training (post.hpp)
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
 
@@ -17,6 +19,7 @@
 #include DSX_MODEL_HEADER
 #include "bench.hpp"
 #include "commands.hpp"
+#include "post.hpp"
 #include "train.hpp"
 
 static_assert(dsx::validate(dsx_model::config), "the generated model configuration is invalid");
@@ -61,12 +64,17 @@ int main(int argc, char** argv) {
   dsx::tool::train_args train_args;
   dsx::tool::add_train_flags(*train, train_args, dsx_model::config.max_positions);
 
+  dsx::tool::post_args post_args;
+  const dsx::tool::post_commands post = dsx::tool::add_post_commands(app, post_args);
+
   CLI11_PARSE(app, argc, argv);
   try {
     if (*info) return dsx::tool::info<dsx_model::config>(dsx_model::name, info_seq);
     if (*verify) return dsx::tool::verify<dsx_model::config>(model_dir, golden);
     if (*tokenize) return dsx::tool::tokenize(tokenizer_path, tokenize_input, add_special);
     if (*train) return dsx::tool::train<dsx_model::config>(train_args);
+    for (const CLI::App* c : {post.sft, post.reward_model, post.dpo, post.grpo, post.rejection, post.distill, post.evaluate, post.recipe})
+      if (*c) return dsx::tool::post_tool<dsx_model::config>(post_args).run(post);
     if (*bench_sgemm) return dsx::tool::bench_sgemm(threads);
     if (*bench_train)
       return dsx::tool::bench_train<dsx_model::config>(bench_batch, bench_seq, bench_steps, bench_warmup, threads);

@@ -102,4 +102,39 @@ static_assert(params_activated(gpu_1b) == 574'555'840);
 static_assert(plan_memory(gpu_1b, precision::bf16).total() == 46'467'534'208);
 static_assert(plan_memory(gpu_1b, precision::f32).total() == 41'304'476'416);
 
+// The toy teacher of the R1 recipe demo (post/recipe.hpp): a DeepSeek-V3-shaped MoE small enough to
+// pre-train and post-train on two CPU cores in minutes — MLA with q-LoRA, 1 dense and 3 MoE layers of 8
+// fine-grained experts (2 routed + 1 shared per token, sigmoid gate with correction bias), one MTP module.
+// The vocabulary fits post/reasoning_data.hpp's tokenizer (6 special tokens, 256 bytes, merges).
+inline constexpr model_config r1_toy{
+    .vocab = 512, .hidden = 128, .layers = 4, .dense_layers = 1, .dense_inter = 256,
+    .mla = {.heads = 4, .q_lora = 64, .kv_lora = 32, .nope = 16, .rope = 8, .v = 16},
+    .moe = {.routed = 8, .shared = 1, .top_k = 2, .groups = 1, .top_groups = 1, .score = score_fn::sigmoid,
+            .norm_topk = true, .route_scale = 2.5, .bias = true, .inter = 64},
+    .rope = {.theta = 10000.0},
+    .rms_eps = 1e-6, .mtp_depth = 1, .max_positions = 192};
+static_assert(validate(r1_toy));
+
+// The dense student a teacher is distilled into (R1 §2.4 distils into dense models): the teacher's
+// vocabulary, head shapes, positions and RoPE; 3/4 of its width (a multiple of 8, at least 16), one
+// layer fewer (at least 1), one head fewer (at least 1), every layer a dense SwiGLU as wide as the
+// teacher's dense layers (or 2.5 × hidden without any), no query compression, no MoE, no MTP.
+constexpr model_config dense_student(const model_config& t) {
+  model_config s = t;
+  s.hidden = t.hidden * 3 / 4 / 8 * 8 < 16 ? 16 : t.hidden * 3 / 4 / 8 * 8;
+  s.layers = t.layers > 1 ? t.layers - 1 : 1;
+  s.dense_layers = s.layers;
+  s.dense_inter = t.dense_layers > 0 ? t.dense_inter : s.hidden * 5 / 2;
+  s.mla.heads = t.mla.heads > 1 ? t.mla.heads - 1 : 1;
+  s.mla.q_lora = 0;
+  s.moe = {};
+  s.mtp_depth = 0;
+  return s;
+}
+
+// The recipe demo's student: hidden 96, 3 dense layers, 3 heads.
+inline constexpr model_config r1_student = dense_student(r1_toy);
+static_assert(validate(r1_student));
+static_assert(r1_student.hidden == 96 && r1_student.layers == 3 && r1_student.moe_layers() == 0);
+
 }  // namespace dsx::presets

@@ -167,14 +167,19 @@ inline std::vector<double> even_ticks(double lo, double hi) {
 
 }  // namespace plot_detail
 
-// Writes the panels, stacked, as one SVG file (atomically).
-inline void write_svg_plot(const std::filesystem::path& path, const std::string& title, std::span<const plot_panel> panels) {
+// Where an SVG plot goes: a file of its own declares the SVG namespace; SVG inlined in an HTML page is
+// put in that namespace by the HTML parser and goes without, so the page names no URL.
+enum class svg_for { file, html };
+
+// The panels, stacked, as one <svg> element.
+inline std::string svg_plot(const std::string& title, std::span<const plot_panel> panels, svg_for target) {
   using namespace plot_detail;
   constexpr double width = 800, panel_h = 220, left = 70, right = 170, top = 40, gap = 40;
   const double height = top + double(panels.size()) * (panel_h + gap) + 16;  // + the x-axis name
   const double plot_w = width - left - right;
-  std::string svg = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n";
-  svg += "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" + coord(width) + "\" height=\"" + coord(height) +
+  std::string svg = "<svg";
+  if (target == svg_for::file) svg += " xmlns=\"http://www.w3.org/2000/svg\"";
+  svg += " width=\"" + coord(width) + "\" height=\"" + coord(height) +
          "\" viewBox=\"0 0 " + coord(width) + " " + coord(height) + "\" font-family=\"sans-serif\" font-size=\"11\">\n";
   svg += "<rect x=\"0\" y=\"0\" width=\"" + coord(width) + "\" height=\"" + coord(height) + "\" fill=\"white\"/>\n";
   svg += "<text x=\"" + coord(width / 2) + "\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">" + escape(title) + "</text>\n";
@@ -231,8 +236,40 @@ inline void write_svg_plot(const std::filesystem::path& path, const std::string&
   }
   svg += "<text x=\"" + coord(left + plot_w / 2) + "\" y=\"" + coord(height - 6) + "\" text-anchor=\"middle\">step</text>\n";
   svg += "</svg>\n";
+  return svg;
+}
+
+// Writes the panels, stacked, as one SVG file (atomically).
+inline void write_svg_plot(const std::filesystem::path& path, const std::string& title, std::span<const plot_panel> panels) {
+  const std::string svg = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n" + svg_plot(title, panels, svg_for::file);
   const std::span<const std::byte> piece = std::as_bytes(std::span(svg));
   write_file_atomic(path, std::span<const std::span<const std::byte>>(&piece, 1));
+}
+
+struct metric_panel {
+  const char* title;
+  bool log_y;
+  std::vector<const char*> keys;
+};
+
+// Panels of metrics.jsonl keys against "step", written as an SVG file: a metric_panel names its title,
+// whether its y axis is logarithmic, and the keys it plots (lines without a numeric value are left out).
+inline void plot_metrics(const std::filesystem::path& metrics, const std::filesystem::path& svg, const std::string& title,
+                         std::span<const metric_panel> panels) {
+  const auto lines = read_metrics(metrics);
+  std::vector<plot_panel> out;
+  for (const metric_panel& p : panels) {
+    plot_panel panel{p.title, p.log_y, {}};
+    for (const char* key : p.keys) {
+      plot_series s{key, {}};
+      for (const auto& j : lines)
+        if (j.contains("step") && j.contains(key) && j[key].is_number())
+          s.points.emplace_back(j["step"].get<double>(), j[key].get<double>());
+      panel.series.push_back(std::move(s));
+    }
+    out.push_back(std::move(panel));
+  }
+  write_svg_plot(svg, title, out);
 }
 
 // The curves of a pre-training metrics.jsonl as an SVG: the losses (log scale), the balance loss, the

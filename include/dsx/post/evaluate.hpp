@@ -1,0 +1,95 @@
+// Evaluation on held-out verifiable tasks (post/tasks.hpp, test split): pass@1 and cons@k from k samples
+// per problem, the format rate, the Nim win rate against a perfect opponent, and sample traces.
+//
+//   pass@1  = mean over problems of (correct samples / k)            (R1 §3: pass@1 = (1/k) Σ p_i)
+//   cons@k  = mean over problems of [the majority answer is correct] (self-consistency: the k answers vote;
+//             answers are compared after trimming; ties go to the answer seen first)
+//   format  = fraction of samples in the <think>…</think> answer format
+// Sampling defaults follow R1's evaluation (temperature 0.6, top-p 0.95).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "dsx/post/chat.hpp"
+#include "dsx/post/report.hpp"
+#include "dsx/post/sampling.hpp"
+#include "dsx/post/tasks.hpp"
+
+namespace dsx::post {
+
+struct eval_options {
+  std::int64_t problems = 24;  // test problems per task
+  int k = 4;                   // samples per problem
+  sampling_options sampling{.temperature = 0.6, .top_p = 0.95, .top_k = 0, .max_new = 96, .stop = {}};
+  std::int64_t nim_games = 16; // games from test positions (0: none)
+  int traces = 2;              // sample responses kept per task
+  std::uint64_t seed = 1;      // problem seed of the test split and sampling seed
+};
+
+// The response text of a completion: its tokens decoded with special tokens kept (the think tags are
+// special tokens of the recipe's tokenizer), the stop token dropped.
+inline std::string response_text(const chat_template& chat, std::span<const std::int32_t> ids, bool stopped) {
+  const std::span<const std::int32_t> body = stopped && !ids.empty() ? ids.first(ids.size() - 1) : ids;
+  return chat.tokenizer().decode(body, false);
+}
+
+// Scores `model` on `tasks`; the result's name, model, seconds and metrics are left to the caller.
+template <class Model>
+stage_report evaluate(Model& model, const chat_template& chat, std::span<const task_kind> tasks, eval_options o) {
+  if (o.sampling.stop.empty()) o.sampling.stop = {chat.eos()};
+  if (o.sampling.vocab_limit == 0) o.sampling.vocab_limit = chat.tokenizer().vocab_size();
+  stage_report out;
+  out.k = o.k;
+  std::uint64_t stream = 0;
+  for (const task_kind kind : tasks) {
+    task_score score{std::string(task_name(kind)), 0, 0, 0, o.problems};
+    for (std::int64_t i = 0; i < o.problems; ++i) {
+      const task_problem p = make_problem(kind, split::test, std::uint64_t(i), o.seed);
+      const auto prompt = chat.prompt(p.question);
+      const auto samples = sample(model, prompt, o.k, o.sampling, o.seed, stream++);
+      std::vector<std::pair<std::string, int>> votes;  // answer, count in first-seen order
+      std::map<std::string, bool> right;
+      int correct = 0, formatted = 0;
+      for (const completion& c : samples) {
+        const std::string text = response_text(chat, c.ids, c.stopped);
+        const verdict v = verify(p, text);
+        correct += v.correct;
+        formatted += v.formatted;
+        right[v.answer] = v.correct;
+        auto it = std::find_if(votes.begin(), votes.end(), [&](const auto& e) { return e.first == v.answer; });
+        if (it == votes.end()) votes.emplace_back(v.answer, 1);
+        else ++it->second;
+        if (std::int64_t(out.samples.size()) < std::int64_t(o.traces) * std::int64_t(tasks.size()) &&
+            std::count_if(out.samples.begin(), out.samples.end(), [&](const sample_trace& s) { return s.task == score.task; }) < o.traces)
+          out.samples.push_back({score.task, p.question, v.thinking, v.answer, p.answer, v.formatted, v.correct});
+      }
+      const auto best = std::max_element(votes.begin(), votes.end(), [](const auto& a, const auto& b) { return a.second < b.second; });
+      score.pass_at_1 += double(correct) / o.k / double(o.problems);
+      score.format_rate += double(formatted) / o.k / double(o.problems);
+      score.cons_at_k += right[best->first] ? 1.0 / double(o.problems) : 0.0;
+    }
+    out.pass_at_1 += score.pass_at_1 / double(tasks.size());
+    out.cons_at_k += score.cons_at_k / double(tasks.size());
+    out.format_rate += score.format_rate / double(tasks.size());
+    out.tasks.push_back(score);
+  }
+  if (o.nim_games > 0) {
+    sampling_options one = o.sampling;
+    int won = 0;
+    for (std::int64_t g = 0; g < o.nim_games; ++g) {
+      const task_problem start = make_problem(task_kind::nim, split::test, std::uint64_t(g), o.seed + 1);
+      won += play_nim(start.numbers, [&](const std::string& question) {
+               const auto c = sample(model, chat.prompt(question), 1, one, o.seed, stream++);
+               return response_text(chat, c[0].ids, c[0].stopped);
+             }).won;
+    }
+    out.nim_win_rate = double(won) / double(o.nim_games);
+  }
+  return out;
+}
+
+}  // namespace dsx::post
