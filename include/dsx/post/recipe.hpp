@@ -67,7 +67,7 @@ inline nlohmann::json default_recipe() {
   return {{"seed", 1},
           {"stop_after", ""},  // the last stage to run ("": all)
           {"corpus", {{"documents", 20000}, {"think_rate", 0.04}, {"cot_rate", 0.5}, {"mixed_language_rate", 0.3}}},
-          {"pretrain", {{"steps", 800}, {"batch", 16}, {"seq", 127}, {"lr", 3e-3}, {"lr_final", 3e-4}, {"warmup", 30}}},
+          {"pretrain", {{"steps", 1400}, {"batch", 16}, {"seq", 127}, {"lr", 3e-3}, {"lr_final", 3e-4}, {"warmup", 30}}},
           {"eval", eval},
           {"r1_zero", rl(40, 1.0, 3e-4, 0.0, 0.0)},
           {"cold_start", {{"samples", 300}, {"sft", sft(60, 1e-3)}}},
