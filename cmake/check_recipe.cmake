@@ -4,7 +4,9 @@
 # Requires: the run succeeds and prints the stage table; report.json lists pretrain, r1-zero,
 # cold-start-sft and grpo with rates in [0, 1]; report.html exists; each stage left metrics.jsonl and a
 # checkpoint; a rerun skips every stage; another recipe in the same folder is refused; a recipe with a
-# field of the wrong type is refused with a message naming the file and the field.
+# field of the wrong type is refused with a message naming the file and the field. Then the per-stage
+# subcommands run from the grpo checkpoint: evaluate, sft (on the recipe's cold-start JSONL), grpo,
+# reward-model and dpo (on tests/data/recipes/pairs.jsonl), each leaving its metrics and checkpoint.
 file(REMOVE_RECURSE "${WORK}")
 
 function(run expect_rc out_var)
@@ -61,3 +63,25 @@ run(1 out --recipe "${DATA}/recipes/bad-field.json" --out "${WORK}/bad")
 if(NOT out MATCHES "bad-field.json: field 'grpo.steps': expected a number, found a string")
   message(FATAL_ERROR "unexpected message for a bad recipe field:\n${out}")
 endif()
+
+# The per-stage subcommands, a step or two each, from the recipe's last checkpoint.
+set(init "${WORK}/run/grpo/checkpoint")
+function(tool expect)
+  execute_process(COMMAND "${TOOL}" ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "${ARGN}: exit status ${rc}:\n${out}\n${err}")
+  endif()
+  if(NOT "${out}" MATCHES "${expect}")
+    message(FATAL_ERROR "${ARGN}: output does not match '${expect}':\n${out}")
+  endif()
+endfunction()
+tool("pass@1" evaluate --init "${init}" --problems 1 --k 2 --nim-games 1 --max-new 16)
+tool("checkpoint" sft --init "${init}" --data "${WORK}/run/data/cold_start.jsonl" --out "${WORK}/sft" --steps 2 --batch 2)
+tool("checkpoint" grpo --init "${init}" --out "${WORK}/grpo" --steps 1 --prompts 1 --group 2 --max-new 8 --tasks nim)
+tool("pair accuracy" reward-model --init "${init}" --data "${DATA}/recipes/pairs.jsonl" --out "${WORK}/rm" --steps 2 --batch 2)
+tool("checkpoint" dpo --init "${init}" --data "${DATA}/recipes/pairs.jsonl" --out "${WORK}/dpo" --steps 2 --batch 2)
+foreach(dir IN ITEMS sft grpo rm dpo)
+  if(NOT EXISTS "${WORK}/${dir}/metrics.jsonl" OR NOT IS_DIRECTORY "${WORK}/${dir}/checkpoint")
+    message(FATAL_ERROR "${dir}: no metrics.jsonl or checkpoint in ${WORK}/${dir}")
+  endif()
+endforeach()

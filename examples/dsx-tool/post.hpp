@@ -179,7 +179,7 @@ class post_tool {
   }
 
   post::sft_options sft_options() const {
-    return post::sft_of({{"steps", a_.steps}, {"batch", a_.batch}, {"lr", a_.lr}, {"row_tokens", a_.row_tokens}}, a_.seed, a_.out);
+    return post::sft_of(a_.steps, a_.batch, a_.lr, a_.seed, a_.out);
   }
 
   post::token_rows chat_rows(const std::string& path) {

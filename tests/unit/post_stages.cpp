@@ -360,7 +360,7 @@ TEST_CASE("load_recipe: a file overrides the fields it names; bad fields are err
   CHECK_THAT(error_of([&] { post::load_recipe(dir / "missing.json"); }), Contains("cannot read") && Contains("missing.json"));
 }
 
-TEST_CASE("warmup_cosine and sft_of: warm-up over 10% of the steps, cosine to peak / 10", "[unit]") {
+TEST_CASE("warmup_cosine, sft_of and sft_steps: warm-up over 10% of the steps, cosine to peak / 10", "[unit]") {
   const dsx::lr_schedule s = post::warmup_cosine(100, 1e-3);
   CHECK(s.warmup == 10);
   CHECK(s.decay == 90);
@@ -375,11 +375,14 @@ TEST_CASE("warmup_cosine and sft_of: warm-up over 10% of the steps, cosine to pe
   CHECK(tiny.at(0) == Approx(2e-3));
   CHECK(post::warmup_cosine(0, 1e-3).decay == 0);
 
-  const post::sft_options o = post::sft_of(post::default_recipe()["cold_start"]["sft"], 8, "out");
+  const post::sft_options o = post::sft_of(60, 16, 1e-3, 8, "out");
   CHECK(o.steps == 60);
   CHECK(o.batch == 16);
   CHECK(o.lr.peak == 1e-3);
   CHECK(o.lr.warmup == 6);
+  const nlohmann::json section = {{"epochs", 2.5}, {"batch", 16}};
+  CHECK(post::sft_steps(section, 100) == 16);  // ceil(2.5 · 100 / 16)
+  CHECK(post::sft_steps(section, 1) == 1);
   CHECK(o.seed == 8);
   CHECK(o.out == fs::path("out"));
   CHECK_NOTHROW(o.check());

@@ -180,6 +180,16 @@ void save_checkpoint(const std::filesystem::path& out, Model& model, adamw<Model
   checkpoint_detail::sync_folder(out);
 }
 
+// The options of `now` that a checkpoint's saved options lack or hold with another value, one line each
+// ("\n  key: checkpoint X, now Y"); empty when a run with `now` may resume from it.
+inline std::string option_differences(const nlohmann::json& saved, const nlohmann::json& now) {
+  std::string out;
+  for (const auto& [key, value] : now.items())
+    if (!saved.contains(key) || saved[key] != value)
+      out += "\n  " + key + ": checkpoint " + (saved.contains(key) ? saved[key].dump() : "(none)") + ", now " + value.dump();
+  return out;
+}
+
 // Reads trainer_state.json of checkpoint folder `dir`, validated (errors name the file and field).
 inline trainer_state read_trainer_state(const std::filesystem::path& dir) {
   using checkpoint_detail::count_field;

@@ -92,12 +92,7 @@ class grpo_trainer {
         run_(policy, options_.out, options_.adamw, options_.arithmetic(), options_.seed) {}
 
   std::vector<nlohmann::json> run(const std::string& title) {
-    if (run_.open()) {
-      load_weights(reference_, options_.out / "reference");
-    } else {
-      copy_weights(reference_, policy_);
-      save_reference();
-    }
+    open_with_reference(run_, policy_, reference_, options_.out / "reference");
     progress_bar bar(options_.steps);
     std::vector<nlohmann::json> lines;
     while (run_.state().step < options_.steps) {

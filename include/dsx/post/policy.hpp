@@ -21,6 +21,7 @@
 
 #include "dsx/core/error.hpp"
 #include "dsx/io/checkpoint.hpp"
+#include "dsx/model/load.hpp"
 #include "dsx/optim/adamw.hpp"
 #include "dsx/post/logprob.hpp"
 #include "dsx/train/metrics.hpp"
@@ -170,12 +171,7 @@ class stage_run {
       metrics_.emplace(out_ / "metrics.jsonl", 0);
       return false;
     }
-    const trainer_state saved = read_trainer_state(*dir);
-    std::string differences;
-    for (const auto& [key, value] : state_.options.items())
-      if (!saved.options.contains(key) || saved.options[key] != value)
-        differences += "\n  " + key + ": checkpoint " + (saved.options.contains(key) ? saved.options[key].dump() : "(none)") +
-                       ", now " + value.dump();
+    const std::string differences = option_differences(read_trainer_state(*dir).options, state_.options);
     require(differences.empty(), "post-training: cannot resume from " + dir->string() +
                                      " with options that change the arithmetic:" + differences);
     state_ = load_checkpoint(*dir, model_, optimizer_);
@@ -225,5 +221,21 @@ class stage_run {
   trainer_state state_;
   std::optional<metrics_writer> metrics_;
 };
+
+}  // namespace dsx::post
+
+namespace dsx::post {
+
+// Opens `run` (stage_run::open) and sets the frozen `reference` of a policy stage: on resume, from the
+// folder `dir` the run started with; on a fresh start, the policy's weights, saved to `dir`.
+template <class Model>
+void open_with_reference(stage_run<Model>& run, Model& policy, Model& reference, const std::filesystem::path& dir) {
+  if (run.open()) {
+    load_weights(reference, dir);
+  } else {
+    copy_weights(reference, policy);
+    replace_weights(dir, reference);
+  }
+}
 
 }  // namespace dsx::post

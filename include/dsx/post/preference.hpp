@@ -519,12 +519,7 @@ class dpo_trainer {
   }
 
   std::vector<nlohmann::json> run(const std::string& title) {
-    if (run_.open()) {
-      load_weights(reference_, reference_dir());
-    } else {
-      copy_weights(reference_, policy_);
-      save_reference();
-    }
+    open_with_reference(run_, policy_, reference_, reference_dir());
     progress_bar bar(options_.steps);
     std::vector<nlohmann::json> lines;
     while (run_.state().step < options_.steps) {
@@ -551,8 +546,6 @@ class dpo_trainer {
 
  private:
   std::filesystem::path reference_dir() const { return options_.out / "reference"; }
-
-  void save_reference() { replace_weights(reference_dir(), reference_); }
 
   nlohmann::json step() {
     const auto t0 = std::chrono::steady_clock::now();

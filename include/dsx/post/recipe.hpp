@@ -56,28 +56,28 @@ namespace dsx::post {
 // The options of a recipe as JSON: the defaults are the toy demo (a 2-core machine, minutes).
 inline nlohmann::json default_recipe() {
   using nlohmann::json;
-  const json eval = {{"problems", 24}, {"k", 4}, {"temperature", 0.6}, {"top_p", 0.95}, {"max_new", 96}, {"nim_games", 16}, {"traces", 2}};
+  const json eval = {{"problems", 32}, {"k", 4}, {"temperature", 0.6}, {"top_p", 0.95}, {"max_new", 96}, {"nim_games", 16}, {"traces", 2}};
   const auto rl = [](int steps, double temperature, double lr, double language, double rm) {
     return json{{"steps", steps}, {"prompts", 8}, {"group", 8}, {"iterations", 1}, {"temperature", temperature},
                 {"max_new", 96}, {"lr", lr}, {"beta", 0.001}, {"eps_low", 0.2}, {"eps_high", 0.28},
                 {"aggregation", "token"}, {"scale_std", true}, {"accuracy", 1.0}, {"format", 1.0},
                 {"language", language}, {"reward_model", rm}};
   };
-  const auto sft = [](int steps, double lr) { return json{{"steps", steps}, {"batch", 16}, {"lr", lr}, {"row_tokens", 128}}; };
+  const auto sft = [](double epochs, double lr) { return json{{"epochs", epochs}, {"batch", 16}, {"lr", lr}, {"row_tokens", 128}}; };
   return {{"seed", 1},
           {"stop_after", ""},  // the last stage to run ("": all)
           {"corpus", {{"documents", 20000}, {"think_rate", 0.04}, {"cot_rate", 0.5}, {"mixed_language_rate", 0.3}}},
           {"pretrain", {{"steps", 1400}, {"batch", 16}, {"seq", 127}, {"lr", 3e-3}, {"lr_final", 3e-4}, {"warmup", 30}}},
           {"eval", eval},
           {"r1_zero", rl(40, 1.0, 3e-4, 0.0, 0.0)},
-          {"cold_start", {{"samples", 300}, {"sft", sft(60, 1e-3)}}},
-          {"grpo", rl(40, 1.0, 2e-4, 1.0, 0.0)},
-          {"rejection", {{"prompts", 256}, {"samples", 4}, {"temperature", 1.0}, {"sft", sft(100, 1e-3)}}},
+          {"cold_start", {{"samples", 300}, {"sft", sft(3, 3e-4)}}},
+          {"grpo", rl(40, 1.0, 5e-5, 1.0, 0.0)},
+          {"rejection", {{"prompts", 256}, {"samples", 4}, {"temperature", 1.0}, {"sft", sft(6, 3e-4)}}},
           {"reward_model", {{"steps", 60}, {"batch", 16}, {"lr", 1e-3}, {"held_out", 0.2}}},
-          {"rl_all", rl(30, 0.7, 1e-4, 1.0, 0.5)},
+          {"rl_all", rl(30, 0.7, 5e-5, 1.0, 0.5)},
           {"student", {{"pretrain_steps", 600}}},
-          {"distill", {{"prompts", 512}, {"samples", 2}, {"temperature", 1.0}, {"logit_weight", 0.5},
-                       {"kl_temperature", 1.0}, {"sft", sft(150, 1e-3)}}}};
+          {"distill", {{"prompts", 768}, {"samples", 2}, {"temperature", 1.0}, {"logit_weight", 0.5},
+                       {"kl_temperature", 1.0}, {"sft", sft(6, 3e-4)}}}};
 }
 
 namespace recipe_detail {
@@ -159,11 +159,18 @@ inline lr_schedule warmup_cosine(std::int64_t steps, double peak) {
   return {.peak = peak, .final = peak / 10, .warmup = warmup, .constant = 0, .decay = std::max<std::int64_t>(0, steps - warmup)};
 }
 
-inline sft_options sft_of(const nlohmann::json& s, std::uint64_t seed, const std::filesystem::path& out) {
-  const std::int64_t steps = s["steps"].get<std::int64_t>();
-  return {.steps = steps, .batch = s["batch"].get<std::int64_t>(), .lr = warmup_cosine(steps, s["lr"].get<double>()),
+// The options of a fine-tuning stage: `steps` of `batch` rows, warmup_cosine to `lr`, no weight decay.
+inline sft_options sft_of(std::int64_t steps, std::int64_t batch, double lr, std::uint64_t seed, const std::filesystem::path& out) {
+  return {.steps = steps, .batch = batch, .lr = warmup_cosine(steps, lr),
           .adamw = {.beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8, .weight_decay = 0.0, .decay_vectors = false},
           .clip = 1.0, .seed = seed, .checkpoint_every = 0, .out = out};
+}
+
+// The steps of a recipe SFT section {"epochs", "batch", ...} over `rows` rows: epochs · rows / batch,
+// rounded up, at least 1 (a data set of any size gets the same number of passes).
+inline std::int64_t sft_steps(const nlohmann::json& s, std::int64_t rows) {
+  const double steps = std::ceil(s["epochs"].get<double>() * double(rows) / double(s["batch"].get<std::int64_t>()));
+  return std::max<std::int64_t>(1, std::int64_t(steps));
 }
 
 // Packed conversations as token rows: post/chat.hpp's per-token train flags shifted to the positions
@@ -472,7 +479,9 @@ class recipe {
     const auto& s = o_["cold_start"];
     const std::vector<qa> data = cold_start_set(s["samples"].get<std::size_t>(), seed_ + 11);
     write_conversations(out_ / "data" / "cold_start.jsonl", data);
-    sft_stage<teacher_t>(r, "cold-start-sft", "pretrain", sft_rows(*chat_, data, s["sft"]["row_tokens"].get<std::int64_t>()), s["sft"]);
+    token_rows rows = sft_rows(*chat_, data, s["sft"]["row_tokens"].get<std::int64_t>());
+    const std::int64_t steps = sft_steps(s["sft"], rows.rows);
+    sft_stage<teacher_t>(r, "cold-start-sft", "pretrain", std::move(rows), s["sft"], steps);
   }
 
   void write_conversations(const std::filesystem::path& path, std::span<const qa> data) {
@@ -481,12 +490,14 @@ class recipe {
     write_sft_jsonl(path, cs);
   }
 
+  // Fine-tunes stage `from`'s weights on `rows` for `steps` (section `s`: batch, lr).
   template <class Model>
   void sft_stage(stage_report& r, const std::string& name, const std::string& from, token_rows rows, const nlohmann::json& s,
-                 logit_objective<float> objective = {}) {
+                 std::int64_t steps, logit_objective<float> objective = {}) {
     auto model = make_model<Model>(s["batch"].get<std::int64_t>());
     load_weights(*model, weights_of(from));
-    sft_trainer<Model> trainer(*model, std::move(rows), sft_of(s, seed_, out_ / name), std::move(objective));
+    const sft_options o = sft_of(steps, s["batch"].get<std::int64_t>(), s["lr"].get<double>(), seed_, out_ / name);
+    sft_trainer<Model> trainer(*model, std::move(rows), o, std::move(objective));
     trainer.run("SFT: " + name);
     r.metrics = out_ / name / "metrics.jsonl";
     r.curves = {"loss"};
@@ -542,7 +553,9 @@ class recipe {
       write_conversations(data_path, data);
     }
     fmt::print("   rejection sampling: {} samples kept\n", data.size());
-    sft_stage<teacher_t>(r, "rejection-sft", "pretrain", sft_rows(*chat_, data, s["sft"]["row_tokens"].get<std::int64_t>()), s["sft"]);
+    token_rows rows = sft_rows(*chat_, data, s["sft"]["row_tokens"].get<std::int64_t>());
+    const std::int64_t steps = sft_steps(s["sft"], rows.rows);
+    sft_stage<teacher_t>(r, "rejection-sft", "pretrain", std::move(rows), s["sft"], steps);
   }
 
   static std::vector<qa> read_qa(const std::filesystem::path& path) {
@@ -610,13 +623,18 @@ class recipe {
         teacher->forward(rows.ids, rows.rows, rows.seq, false);
         return distill_objective<float>(rows, step_positions, logits, teacher->logits(), alpha, tau, dlogits);
       };
-    sft_stage<student_t>(r, "distill-student", "student-base", sft_rows(*chat_, data, s["sft"]["row_tokens"].get<std::int64_t>()),
-                         s["sft"], objective);
+    token_rows rows = sft_rows(*chat_, data, s["sft"]["row_tokens"].get<std::int64_t>());
+    const std::int64_t steps = sft_steps(s["sft"], rows.rows);
+    sft_stage<student_t>(r, "distill-student", "student-base", std::move(rows), s["sft"], steps, objective);
   }
 
+  // The student-base trained as long as the distilled student (same steps, batch and learning rate) on the
+  // pre-training corpus: everything but the teacher's samples.
   void baseline(stage_report& r) {
     const auto& s = o_["distill"]["sft"];
-    sft_stage<student_t>(r, "baseline-student", "student-base", corpus_rows(*tokenizer_, corpus_, s["row_tokens"].get<std::int64_t>()), s);
+    const std::int64_t row_tokens = s["row_tokens"].get<std::int64_t>();
+    const std::int64_t steps = sft_steps(s, sft_rows(*chat_, read_qa(out_ / "data" / "distill.jsonl"), row_tokens).rows);
+    sft_stage<student_t>(r, "baseline-student", "student-base", corpus_rows(*tokenizer_, corpus_, row_tokens), s, steps);
   }
 
   nlohmann::json o_;

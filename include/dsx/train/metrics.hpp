@@ -276,21 +276,12 @@ inline void plot_metrics(const std::filesystem::path& metrics, const std::filesy
 // learning rate, the gradient norm (log scale) and the max load ratio.
 inline void plot_training_metrics(const std::filesystem::path& metrics, const std::filesystem::path& svg,
                                   const std::string& title) {
-  const auto lines = read_metrics(metrics);
-  const auto series = [&](const char* key) {
-    plot_series s{key, {}};
-    for (const auto& j : lines)
-      if (j.contains("step") && j.contains(key) && j[key].is_number())
-        s.points.emplace_back(j["step"].get<double>(), j[key].get<double>());
-    return s;
-  };
-  const std::vector<plot_panel> panels{
-      {"losses", true, {series("loss"), series("lm_loss"), series("mtp_loss")}},
-      {"balance loss", false, {series("balance_loss")}},
-      {"learning rate", false, {series("lr")}},
-      {"gradient norm (before clipping)", true, {series("grad_norm")}},
-      {"max load ratio (max / mean expert load)", false, {series("max_load_ratio")}}};
-  write_svg_plot(svg, title, panels);
+  const metric_panel panels[] = {{"losses", true, {"loss", "lm_loss", "mtp_loss"}},
+                                 {"balance loss", false, {"balance_loss"}},
+                                 {"learning rate", false, {"lr"}},
+                                 {"gradient norm (before clipping)", true, {"grad_norm"}},
+                                 {"max load ratio (max / mean expert load)", false, {"max_load_ratio"}}};
+  plot_metrics(metrics, svg, title, panels);
 }
 
 }  // namespace dsx

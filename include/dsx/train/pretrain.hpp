@@ -147,12 +147,7 @@ class pretrainer {
     require(dir.has_value(), "pretrain: --resume: no checkpoint in '" + options_.out.string() +
                                  "' (expected " + checkpoint_path(options_.out).string() + ")");
     const trainer_state saved = read_trainer_state(*dir);
-    const nlohmann::json now = options_.arithmetic();
-    std::string differences;
-    for (const auto& [key, value] : now.items())
-      if (!saved.options.contains(key) || saved.options[key] != value)
-        differences += "\n  " + key + ": checkpoint " + (saved.options.contains(key) ? saved.options[key].dump() : "(none)") +
-                       ", now " + value.dump();
+    const std::string differences = option_differences(saved.options, options_.arithmetic());
     require(differences.empty(), "pretrain: --resume from " + dir->string() +
                                      " with options that change the arithmetic:" + differences);
     state_ = load_checkpoint(*dir, model_, optimizer_);
