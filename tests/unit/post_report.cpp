@@ -226,3 +226,13 @@ TEST_CASE("svg_plot inlines without the namespace; write_svg_plot still writes a
         0);
   CHECK(file.substr(file.find(" width=")) == inline_svg.substr(inline_svg.find(" width=")));
 }
+
+TEST_CASE("plots of values equal up to rounding finish with a widened axis", "[unit]") {
+  // The learning rate of a two-step warm-up/cosine run: 3e-4 and its neighbour one ulp-scale below. A
+  // tick step below the spacing of doubles at 3e-4 would never advance.
+  const std::vector<dsx::plot_panel> panels{
+      {"learning rate", false, {{"lr", {{1.0, 0.0003}, {2.0, 0.0002999999999999999}}}}},
+      {"one point", true, {{"loss", {{5.0, 2.5}}}}}};
+  const std::string svg = dsx::svg_plot("flat", panels, dsx::svg_for::file);
+  CHECK_THAT(svg, Contains("learning rate") && Contains("one point") && Contains("</svg>"));
+}

@@ -204,8 +204,11 @@ inline std::string svg_plot(const std::string& title, std::span<const plot_panel
              "\" text-anchor=\"middle\">no data</text>\n</g>\n";
       continue;
     }
-    if (xmax == xmin) xmax = xmin + 1;
-    if (ymax == ymin) ymax = ymin + (ymin == 0 ? 1 : std::abs(ymin) * 0.1), ymin -= (ymax - ymin) * 0.5;
+    // A range too narrow for its magnitude (one value, or values equal up to rounding) is widened, so
+    // that the ticks below advance.
+    const auto flat = [](double lo, double hi) { return hi - lo <= 1e-9 * std::max(std::abs(lo), std::abs(hi)); };
+    if (flat(xmin, xmax)) xmax = xmin + std::max(1.0, std::abs(xmin) * 0.1);
+    if (flat(ymin, ymax)) ymax = ymin + (ymin == 0 ? 1 : std::abs(ymin) * 0.1), ymin -= (ymax - ymin) * 0.5;
     const auto px = [&](double x) { return left + (x - xmin) / (xmax - xmin) * plot_w; };
     const auto py = [&](double v) { return y0 + panel_h - (v - ymin) / (ymax - ymin) * panel_h; };
     // Grid lines and labels at round values (1, 2 or 5 times a power of ten); a log axis gets five
