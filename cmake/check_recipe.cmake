@@ -3,8 +3,9 @@
 #   cmake -DTOOL=<dsx-model> -DDATA=<tests/data> -DWORK=<scratch folder> -P check_recipe.cmake
 # Requires: the run succeeds and prints the stage table; report.json lists pretrain, r1-zero,
 # cold-start-sft and grpo with rates in [0, 1]; report.html exists; each stage left metrics.jsonl and a
-# checkpoint; a rerun skips every stage; another recipe in the same folder is refused; a recipe with a
-# field of the wrong type is refused with a message naming the file and the field. Then the per-stage
+# checkpoint; a rerun skips every stage, and one with an earlier stop_after stops there; another recipe
+# in the same folder is refused; a recipe with a field of the wrong type is refused with a message
+# naming the file and the field. Then the per-stage
 # subcommands run from the grpo checkpoint: evaluate, sft (on the recipe's cold-start JSONL), grpo,
 # reward-model and dpo (on tests/data/recipes/pairs.jsonl), each leaving its metrics and checkpoint.
 file(REMOVE_RECURSE "${WORK}")
@@ -53,6 +54,12 @@ foreach(name IN ITEMS pretrain r1-zero cold-start-sft grpo)
     message(FATAL_ERROR "the rerun did not skip stage ${name}:\n${out}")
   endif()
 endforeach()
+
+# The same recipe with an earlier stop_after continues the folder (nothing left to run).
+run(0 out --recipe "${DATA}/recipes/quick-earlier-stop.json" --out "${WORK}/run")
+if(NOT out MATCHES "== r1-zero: done" OR out MATCHES "== cold-start-sft")
+  message(FATAL_ERROR "the rerun with stop_after r1-zero did not stop there:\n${out}")
+endif()
 
 run(1 out --out "${WORK}/run")
 if(NOT out MATCHES "holds a run with other options")

@@ -306,11 +306,15 @@ class recipe {
   // ----------------------------------------------------------------------------------------------
   // Bookkeeping.
 
+  // A folder holds one run: its options are saved at the start, and a rerun must give the same ones
+  // (stop_after aside: a run stopped early continues with another stop or none).
   void check_options() {
     const auto saved = out_ / "recipe.json";
     if (std::filesystem::exists(saved)) {
-      const nlohmann::json before = checkpoint_detail::read_json(saved);
-      require(before == o_, "recipe: '" + out_.string() + "' holds a run with other options (" + saved.string() +
+      nlohmann::json before = checkpoint_detail::read_json(saved), now = o_;
+      before.erase("stop_after");
+      now.erase("stop_after");
+      require(before == now, "recipe: '" + out_.string() + "' holds a run with other options (" + saved.string() +
                                 "); use another output folder or the same recipe");
     } else {
       checkpoint_detail::write_text(saved, o_.dump(2) + "\n");
