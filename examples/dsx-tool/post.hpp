@@ -300,26 +300,17 @@ class post_tool {
   int rejection() {
     const auto tasks = parse_tasks(a_.tasks);
     auto model = load<model_t>(a_.init, std::max<std::int64_t>(a_.samples, 1));
-    std::vector<post::conversation> kept;
-    std::int64_t drawn = 0;
-    std::set<std::pair<std::string, std::string>> seen;
-    progress_bar bar(a_.prompts);
-    for (std::int64_t k = 0; k < a_.prompts; ++k) {
-      const post::task_problem p =
-          post::make_problem(tasks[std::size_t(k) % tasks.size()], post::split::train, std::uint64_t(k) / tasks.size(), a_.seed);
-      for (const auto& c : post::sample(*model, chat_->prompt(p.question), a_.samples, sampling(), a_.seed, std::uint64_t(k))) {
-        ++drawn;
-        const std::string text = post::response_text(*chat_, c.ids, c.stopped);
-        const post::verdict v = post::verify(p, text);
-        if (c.stopped && v.correct && v.formatted && v.language == 1.0 && seen.insert({p.question, text}).second)
-          kept.push_back({{"user", p.question}, {"assistant", text}});
-      }
-      bar.update(k + 1, std::to_string(kept.size()) + " kept");
-    }
-    bar.finish();
+    const auto kept = post::rejection_sample(
+        *model, *chat_,
+        [&](std::int64_t k) {
+          return post::make_problem(tasks[std::size_t(k) % tasks.size()], post::split::train, std::uint64_t(k) / tasks.size(), a_.seed);
+        },
+        a_.prompts, a_.samples, sampling(), a_.seed, nullptr);
     require(!kept.empty(), "rejection-sample: no sample was correct and well-formed; nothing written");
-    post::write_sft_jsonl(a_.out, kept);
-    fmt::print("kept {} of {} samples ({} prompts) -> {}\n", kept.size(), drawn, a_.prompts, a_.out);
+    std::vector<post::conversation> conversations;
+    for (const post::qa& q : kept) conversations.push_back({{"user", q.question}, {"assistant", q.response}});
+    post::write_sft_jsonl(a_.out, conversations);
+    fmt::print("kept {} of {} samples ({} prompts) -> {}\n", kept.size(), a_.prompts * a_.samples, a_.prompts, a_.out);
     return 0;
   }
 

@@ -28,6 +28,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <set>
 #include <string>
@@ -242,6 +243,34 @@ std::unique_ptr<reward_model<Model>> load_reward_model(Model& trunk, const std::
 inline constexpr std::array<std::string_view, 10> stage_names{
     "pretrain", "r1-zero", "cold-start-sft", "grpo", "rejection-sft", "reward-model", "rl-all",
     "student-base", "distill-student", "baseline-student"};
+
+// Rejection sampling (R1 §2.3.3): `n` samples of each of the problems 0 .. prompts − 1; a sample is kept
+// when it ended with a stop token and is correct, well-formed and in one language; a response already
+// kept for the same question is dropped. With `pairs`, each prompt with a kept and a rejected sample
+// gives one (kept, rejected) preference pair. Sampling of problem k uses stream k under `seed`.
+template <class Model>
+std::vector<qa> rejection_sample(Model& model, const chat_template& chat, const std::function<task_problem(std::int64_t)>& problem,
+                                 std::int64_t prompts, std::int64_t n, const sampling_options& so, std::uint64_t seed,
+                                 std::vector<preference_pair>* pairs) {
+  std::vector<qa> kept;
+  std::set<std::pair<std::string, std::string>> seen;
+  progress_bar bar(prompts);
+  for (std::int64_t k = 0; k < prompts; ++k) {
+    const task_problem p = problem(k);
+    std::vector<std::string> good, bad;
+    for (const completion& c : sample(model, chat.prompt(p.question), n, so, seed, std::uint64_t(k))) {
+      const std::string text = response_text(chat, c.ids, c.stopped);
+      const verdict v = verify(p, text);
+      (v.correct && v.formatted && v.language == 1.0 && c.stopped ? good : bad).push_back(text);
+    }
+    for (const std::string& g : good)
+      if (seen.insert({p.question, g}).second) kept.push_back({p.question, g});
+    if (pairs && !good.empty() && !bad.empty()) pairs->push_back({p.question, good.front(), bad.front()});
+    bar.update(k + 1, std::to_string(kept.size()) + " kept");
+  }
+  bar.finish();
+  return kept;
+}
 
 // The recipe for teacher configuration C and student configuration S, on the host backend in f32.
 template <model_config C, model_config S>
@@ -508,33 +537,15 @@ class recipe {
     evaluate_into(r, *model);
   }
 
-  // N samples per train prompt from `model`: the correct, well-formed, single-language ones, de-duplicated;
-  // with `pairs`, (kept, rejected) pairs of the same prompt for the reward model.
-  template <class Model>
-  std::vector<qa> rejection_sample(Model& model, std::int64_t prompts, std::int64_t n, double temperature, std::uint64_t index,
+  // The recipe's rejection sampling of the train problems of stage `index` (see post::rejection_sample).
+  std::vector<qa> rejection_sample(teacher_t& model, std::int64_t prompts, std::int64_t n, double temperature, std::uint64_t index,
                                    std::vector<preference_pair>* pairs) {
     const task_stream tasks{seed_, index * 1000000};
     const sampling_options so{.temperature = temperature, .top_p = 1.0, .top_k = 0,
                               .max_new = o_["eval"]["max_new"].get<std::int64_t>(), .stop = {chat_->eos()},
                               .vocab_limit = chat_->tokenizer().vocab_size()};
-    std::vector<qa> kept;
-    std::set<std::pair<std::string, std::string>> seen;
-    progress_bar bar(prompts);
-    for (std::int64_t k = 0; k < prompts; ++k) {
-      const task_problem p = tasks.problem(k);
-      const auto samples = sample(model, chat_->prompt(p.question), n, so, seed_ + index, std::uint64_t(k));
-      std::vector<std::string> good, bad;
-      for (const completion& c : samples) {
-        const std::string text = response_text(*chat_, c.ids, c.stopped);
-        const verdict v = verify(p, text);
-        (v.correct && v.formatted && v.language == 1.0 && c.stopped ? good : bad).push_back(text);
-      }
-      for (const std::string& g : good)
-        if (seen.insert({p.question, g}).second) kept.push_back({p.question, g});
-      if (pairs && !good.empty() && !bad.empty()) pairs->push_back({p.question, good.front(), bad.front()});
-      bar.update(k + 1, std::to_string(kept.size()) + " kept");
-    }
-    bar.finish();
+    std::vector<qa> kept = post::rejection_sample(model, *chat_, [&](std::int64_t k) { return tasks.problem(k); }, prompts, n,
+                                                  so, seed_ + index, pairs);
     require(!kept.empty(), "recipe: rejection sampling kept no sample (no correct, well-formed response)");
     return kept;
   }
