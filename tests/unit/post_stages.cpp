@@ -457,6 +457,29 @@ TEST_CASE("response_text: the stop token is dropped, special tokens are kept", "
   CHECK(post::response_text(chat, std::vector<std::int32_t>{}, true).empty());
 }
 
+TEST_CASE("score_responses: correct and formatted counts; the vote reads the answers' final lines", "[unit]") {
+  post::task_problem p;
+  p.kind = post::task_kind::addition;
+  p.question = "What is 457 + 86?";
+  p.numbers = {457, 86};
+  // Two responses reason differently but both answer 543: they agree and outvote the 433 seen first.
+  const std::vector<std::string> agree = {"433", "7+6=13, write 3 carry 1.\n543", "<think>\nadd\n</think>\n543"};
+  const post::problem_score a = post::score_responses(p, agree);
+  CHECK(a.correct == 2);
+  CHECK(a.formatted == 1);
+  CHECK(a.consensus);
+  REQUIRE(a.verdicts.size() == 3);
+  CHECK((!a.verdicts[0].correct && a.verdicts[1].correct && a.verdicts[2].correct));
+  // A tie goes to the answer seen first.
+  const std::vector<std::string> tie = {"<think>\nx\n</think>\n433", "543", "433", "543"};
+  const post::problem_score t = post::score_responses(p, tie);
+  CHECK(t.correct == 2);
+  CHECK(t.formatted == 1);
+  CHECK(!t.consensus);
+  CHECK(post::score_responses(p, std::vector<std::string>{"543", "433", "433", "543"}).consensus);
+  CHECK_THAT(error_of([&] { post::score_responses(p, {}); }), Contains("at least one response to 'What is 457 + 86?'"));
+}
+
 namespace {
 
 // Two rows of 4 positions over a vocabulary of 5, some positions scored.

@@ -305,7 +305,7 @@ TEST_CASE("reasoning corpus and cold-start set", "[post][data]") {
   REQUIRE(docs.size() == 4000);
   CHECK(docs == reasoning_corpus(o));
   const std::string head = std::string(bos_token) + std::string(user_token);
-  int think = 0, untagged = 0, with_reasoning = 0, mixed = 0;
+  int think = 0, untagged = 0, with_reasoning = 0, mixed = 0, shortcuts = 0, wrong = 0;
   for (std::size_t d = 0; d < docs.size(); ++d) {
     const std::string& doc = docs[d];
     INFO(doc);
@@ -317,7 +317,15 @@ TEST_CASE("reasoning corpus and cold-start set", "[post][data]") {
     const task_problem p = make_problem(all_tasks[d % 4], split::train, d / 4, o.seed);
     REQUIRE(question == p.question);
     const verdict v = verify(p, response);
-    CHECK(v.correct);  // every form of response is right
+    // A response is right unless it follows the shortcut, which is recognisable by its first words.
+    const std::string_view reasoning = v.formatted ? std::string_view(v.thinking) : std::string_view(response);
+    const bool cut = reasoning.starts_with("Put 42") || reasoning.starts_with("把 42") ||
+                     reasoning.starts_with("Guess") || reasoning.starts_with("猜") ||
+                     reasoning.find("biggest") != std::string_view::npos || reasoning.find("最大") != std::string_view::npos ||
+                     (p.kind == task_kind::addition && task_detail::final_line(v.answer) != p.answer);
+    shortcuts += cut;
+    wrong += !v.correct;
+    if (!cut) CHECK(v.correct);
     if (v.formatted) {
       ++think;
       ++with_reasoning;
@@ -331,11 +339,20 @@ TEST_CASE("reasoning corpus and cold-start set", "[post][data]") {
   CHECK(think == Approx(0.04 * 4000).margin(40));
   CHECK(untagged == Approx(0.5 * 4000).margin(150));
   CHECK(mixed == Approx(0.3 * with_reasoning).margin(0.05 * with_reasoning));
+  // Half the reasoning takes the shortcut; addition's shortcut is only seen where a carry makes it wrong
+  // (about 3/4 of the problems), and the other shortcuts are right only by luck.
+  CHECK(shortcuts > 0.4 * with_reasoning);
+  CHECK(shortcuts < 0.5 * with_reasoning + 100);
+  CHECK(wrong > 0.35 * with_reasoning);
+  CHECK(wrong <= shortcuts);
 
   o.think_rate = 0.7;
   CHECK_THAT(error_of([&] { reasoning_corpus(o); }), Contains("think_rate + cot_rate"));
   o.think_rate = -0.1;
   CHECK_THAT(error_of([&] { reasoning_corpus(o); }), Contains("think_rate must lie in [0, 1]"));
+  o.think_rate = 0.04;
+  o.shortcut_rate = 1.5;
+  CHECK_THAT(error_of([&] { reasoning_corpus(o); }), Contains("shortcut_rate must lie in [0, 1]"));
 
   const std::vector<qa> cold = cold_start_set(40, 3);
   REQUIRE(cold.size() == 40);
@@ -346,6 +363,48 @@ TEST_CASE("reasoning corpus and cold-start set", "[post][data]") {
     const verdict v = verify(p, cold[i].response);
     CHECK((v.formatted && v.correct && v.language == 1.0));
   }
+}
+
+TEST_CASE("shortcut reasoning", "[post][data]") {
+  task_detail::draw r(5, 0);
+  task_problem add;
+  add.kind = task_kind::addition;
+  add.numbers = {457, 86};
+  const solution a = shortcut(add, r);
+  CHECK(a.reasoning == "7+6=13, write 3. 5+8=13, write 3. 4, write 4.");
+  CHECK(a.answer == "433");  // 543 with the carries
+  add.numbers = {55, 45};
+  CHECK(shortcut(add, r).answer == "90");  // 5+5=10 writes 0, 5+4=9 writes 9: 100 with the carries
+  add.numbers = {12, 31};
+  CHECK(shortcut(add, r).answer == "43");  // no carry: the shortcut is right
+
+  task_problem sort;
+  sort.kind = task_kind::sort42;
+  sort.numbers = {17, 3, 58};
+  const solution s = shortcut(sort, r);
+  CHECK(s.reasoning == "Put 42 in front.");
+  CHECK(s.answer == "42, 17, 3, 58");
+
+  task_problem nim = make_problem(task_kind::nim, split::train, 3, 9);
+  for (int i = 0; i < 50; ++i) {
+    const solution m = shortcut(nim, r);
+    const int biggest = *std::max_element(nim.numbers.begin(), nim.numbers.end());
+    CHECK(m.reasoning.find("is the biggest, take") != std::string::npos);
+    const std::optional<task_detail::nim_move> move = task_detail::parse_nim_move(m.answer);
+    REQUIRE(move);
+    CHECK(nim.numbers[std::size_t(move->pile - 1)] == biggest);
+    CHECK(task_detail::nim_legal(nim.numbers, *move));
+  }
+
+  const task_problem count = make_problem(task_kind::countdown, split::train, 4, 9);
+  const solution c = shortcut(count, r);
+  CHECK(c.reasoning == "Guess " + c.answer + ".");
+  const auto e = task_detail::expression_parser::parse(c.answer);
+  REQUIRE(e);
+  std::vector<int> used = e->numbers, want = count.numbers;
+  std::sort(used.begin(), used.end());
+  std::sort(want.begin(), want.end());
+  CHECK(used == want);
 }
 
 TEST_CASE("reasoning tokenizer", "[post][data]") {

@@ -108,7 +108,7 @@ static_assert(plan_memory(gpu_1b, precision::f32).total() == 41'304'476'416);
 // The vocabulary fits post/reasoning_data.hpp's tokenizer (6 special tokens, 256 bytes, merges).
 inline constexpr model_config r1_toy{
     .vocab = 512, .hidden = 128, .layers = 4, .dense_layers = 1, .dense_inter = 256,
-    .mla = {.heads = 4, .q_lora = 64, .kv_lora = 32, .nope = 16, .rope = 8, .v = 16},
+    .mla = {.heads = 4, .q_lora = 64, .kv_lora = 64, .nope = 16, .rope = 16, .v = 16},
     .moe = {.routed = 8, .shared = 1, .top_k = 2, .groups = 1, .top_groups = 1, .score = score_fn::sigmoid,
             .norm_topk = true, .route_scale = 2.5, .bias = true, .inter = 64},
     .rope = {.theta = 10000.0},

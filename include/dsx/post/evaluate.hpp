@@ -3,11 +3,13 @@
 //
 //   pass@1  = mean over problems of (correct samples / k)            (R1 §3: pass@1 = (1/k) Σ p_i)
 //   cons@k  = mean over problems of [the majority answer is correct] (self-consistency: the k answers vote;
-//             answers are compared after trimming; ties go to the answer seen first)
+//             an answer is the final line of the answer part, what verify reads, so that responses which
+//             reason differently but answer the same agree; ties go to the answer seen first)
 //   format  = fraction of samples in the <think>…</think> answer format
 // Sampling defaults follow R1's evaluation (temperature 0.6, top-p 0.95).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <span>
@@ -37,6 +39,35 @@ inline std::string response_text(const chat_template& chat, std::span<const std:
   return chat.tokenizer().decode(body, false);
 }
 
+// The verdicts of k responses to one problem and what they add up to: the correct and formatted counts,
+// and whether the majority answer (see the top of this file) is correct. No responses: a dsx::error.
+struct problem_score {
+  std::vector<verdict> verdicts;
+  int correct = 0, formatted = 0;
+  bool consensus = false;
+};
+
+inline problem_score score_responses(const task_problem& p, std::span<const std::string> responses) {
+  require(!responses.empty(), "score_responses: expected at least one response to '" + p.question + "', found none");
+  problem_score out;
+  std::vector<std::pair<std::string, int>> votes;  // answer, count in first-seen order
+  std::map<std::string, bool> right;
+  for (const std::string& text : responses) {
+    verdict v = verify(p, text);
+    out.correct += v.correct;
+    out.formatted += v.formatted;
+    std::string answer(task_detail::final_line(v.answer));
+    right[answer] = v.correct;
+    auto it = std::find_if(votes.begin(), votes.end(), [&](const auto& e) { return e.first == answer; });
+    if (it == votes.end()) votes.emplace_back(std::move(answer), 1);
+    else ++it->second;
+    out.verdicts.push_back(std::move(v));
+  }
+  const auto best = std::max_element(votes.begin(), votes.end(), [](const auto& a, const auto& b) { return a.second < b.second; });
+  out.consensus = right[best->first];
+  return out;
+}
+
 // Scores `model` on `tasks`; the result's name, model, seconds and metrics are left to the caller.
 template <class Model>
 stage_report evaluate(Model& model, const chat_template& chat, std::span<const task_kind> tasks, eval_options o) {
@@ -51,26 +82,15 @@ stage_report evaluate(Model& model, const chat_template& chat, std::span<const t
       const task_problem p = make_problem(kind, split::test, std::uint64_t(i), o.seed);
       const auto prompt = chat.prompt(p.question);
       const auto samples = sample(model, prompt, o.k, o.sampling, o.seed, stream++);
-      std::vector<std::pair<std::string, int>> votes;  // answer, count in first-seen order
-      std::map<std::string, bool> right;
-      int correct = 0, formatted = 0;
-      for (const completion& c : samples) {
-        const std::string text = response_text(chat, c.ids, c.stopped);
-        const verdict v = verify(p, text);
-        correct += v.correct;
-        formatted += v.formatted;
-        right[v.answer] = v.correct;
-        auto it = std::find_if(votes.begin(), votes.end(), [&](const auto& e) { return e.first == v.answer; });
-        if (it == votes.end()) votes.emplace_back(v.answer, 1);
-        else ++it->second;
-        if (std::int64_t(out.samples.size()) < std::int64_t(o.traces) * std::int64_t(tasks.size()) &&
-            std::count_if(out.samples.begin(), out.samples.end(), [&](const sample_trace& s) { return s.task == score.task; }) < o.traces)
+      std::vector<std::string> texts;
+      for (const completion& c : samples) texts.push_back(response_text(chat, c.ids, c.stopped));
+      const problem_score ps = score_responses(p, texts);
+      for (const verdict& v : ps.verdicts)
+        if (std::count_if(out.samples.begin(), out.samples.end(), [&](const sample_trace& s) { return s.task == score.task; }) < o.traces)
           out.samples.push_back({score.task, p.question, v.thinking, v.answer, p.answer, v.formatted, v.correct});
-      }
-      const auto best = std::max_element(votes.begin(), votes.end(), [](const auto& a, const auto& b) { return a.second < b.second; });
-      score.pass_at_1 += double(correct) / o.k / double(o.problems);
-      score.format_rate += double(formatted) / o.k / double(o.problems);
-      score.cons_at_k += right[best->first] ? 1.0 / double(o.problems) : 0.0;
+      score.pass_at_1 += double(ps.correct) / o.k / double(o.problems);
+      score.format_rate += double(ps.formatted) / o.k / double(o.problems);
+      score.cons_at_k += ps.consensus ? 1.0 / double(o.problems) : 0.0;
     }
     out.pass_at_1 += score.pass_at_1 / double(tasks.size());
     out.cons_at_k += score.cons_at_k / double(tasks.size());

@@ -7,13 +7,18 @@
 //   R1 format   "<think>\n{reasoning}\n</think>\n{answer}"   (think_rate, rare: R1-Zero's RL must find it)
 //   untagged    "{reasoning}\n{answer}"                      (cot_rate: correct for verify, not formatted)
 //   answer      "{answer}"                                   (the rest)
-// A share of the reasoning (mixed_language_rate) mixes Chinese words into the English, the language mixing
-// that R1's language-consistency reward removes.
+// Like text written by people, the reasoning is not always careful: a share of it (shortcut_rate) follows
+// the task's shortcut (shortcut() below), a plausible habit that is right only by luck, and its answer is
+// the shortcut's. The base model thus holds both the careful method and the habit and picks one when it
+// samples; rewarding correct answers teaches it to pick the careful one, which is what RL on a base model
+// can do without new knowledge. A share of the reasoning (mixed_language_rate) mixes Chinese words into the
+// English, the language mixing that R1's language-consistency reward removes.
 //
 // Determinism: document d depends only on (seed, d): its problem is make_problem(task d mod 4, train,
-// d / 4, seed) and its form and mixing come from the counter-based RNG on stream d.
+// d / 4, seed) and its form, shortcut and mixing come from the counter-based RNG on stream d.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -37,16 +42,17 @@ struct reasoning_corpus_options {
   std::size_t documents = 20000;
   double think_rate = 0.04;           // responses in R1 format
   double cot_rate = 0.5;              // untagged responses: "{reasoning}\n{answer}"
+  double shortcut_rate = 0.5;         // of the responses with reasoning: the task's shortcut instead
   double mixed_language_rate = 0.3;   // of the responses with reasoning: some words in Chinese
 };
 
 namespace reasoning_detail {
 
 // English words of the reference reasoning and the Chinese that replaces them in mixed-language text.
-inline constexpr std::array<std::pair<std::string_view, std::string_view>, 13> chinese{{
+inline constexpr std::array<std::pair<std::string_view, std::string_view>, 15> chinese{{
     {"write", "写"},  {"Write", "写"},   {"carry", "进位"}, {"Smallest", "最小"}, {"Next", "然后"},
     {"Put", "把"},    {"front", "前面"}, {"no", "不对"},   {"yes", "对"},       {"xor", "异或"},
-    {"Pile", "堆"},   {"take", "取"},    {"big", "大"},
+    {"Pile", "堆"},   {"take", "取"},    {"big", "大"},     {"biggest", "最大"}, {"Guess", "猜"},
 }};
 
 inline const std::string_view* chinese_for(std::string_view word) {
@@ -79,10 +85,67 @@ inline std::string mix_language(std::string_view reasoning, task_detail::draw& r
   return out.append(reasoning.substr(at));
 }
 
-// The seed of the corpus's own draws (form and mixing), apart from the problems' streams.
+// The seed of the corpus's own draws (form, shortcut and mixing), apart from the problems' streams.
 inline std::uint64_t corpus_seed(std::uint64_t seed) { return splitmix64(seed ^ 0x636f72707573ull); }
 
 }  // namespace reasoning_detail
+
+// A shortcut: reasoning and the answer it leads to, written as carefully as the reference but following a
+// habit that skips the step the task turns on, so the answer is right only by luck:
+//   addition   the columns added without carrying   "7+6=13, write 3. 4+1=5, write 5."   (right without carries)
+//   sort42     42 put in front of the list as given  "Put 42 in front."                  (right if already sorted)
+//   countdown  one expression, not checked          "Guess 3*7+5."                      (right by chance)
+//   nim        a random take from the biggest pile   "Pile 2 is the biggest, take 3."    (right by chance)
+// The random parts come from `r`.
+struct solution {
+  std::string reasoning, answer;
+};
+
+inline solution shortcut(const task_problem& p, task_detail::draw& r) {
+  const std::vector<int>& n = p.numbers;
+  solution s;
+  switch (p.kind) {
+    case task_kind::addition: {
+      std::string digits;
+      for (int x = n.at(0), y = n.at(1); x > 0 || y > 0; x /= 10, y /= 10) {
+        std::string step;
+        int sum = 0;
+        for (const int t : {x > 0 ? x % 10 : -1, y > 0 ? y % 10 : -1}) {
+          if (t < 0) continue;
+          step += (step.empty() ? "" : "+") + std::to_string(t);
+          sum += t;
+        }
+        if (x > 0 && y > 0) step += "=" + std::to_string(sum);
+        s.reasoning += (s.reasoning.empty() ? "" : " ") + step + ", write " + std::to_string(sum % 10) + ".";
+        digits.insert(digits.begin(), char('0' + sum % 10));
+      }
+      const std::size_t first = std::min(digits.find_first_not_of('0'), digits.size() - 1);
+      s.answer = digits.substr(first);
+      break;
+    }
+    case task_kind::sort42: {
+      s.reasoning = "Put 42 in front.";
+      std::vector<int> answer{42};
+      answer.insert(answer.end(), n.begin(), n.end());
+      s.answer = task_detail::join_numbers(answer, false);
+      break;
+    }
+    case task_kind::countdown: {
+      s.answer = task_detail::expression3::random(r, n).text();
+      s.reasoning = "Guess " + s.answer + ".";
+      break;
+    }
+    case task_kind::nim: {
+      const auto biggest = std::max_element(n.begin(), n.end());
+      const int pile = static_cast<int>(biggest - n.begin()) + 1;
+      const int take = r.between(1, *biggest);
+      s.reasoning = "Pile " + std::to_string(pile) + " is the biggest, take " + std::to_string(take) + ".";
+      s.answer = task_detail::nim_move_text({pile, take});
+      break;
+    }
+  }
+  return s;
+}
 
 // Training documents, one conversation each: bos_token + user_token + question + assistant_token +
 // response (no EOS: tokenization appends it). See the top of this file. The rates must lie in [0, 1] with
@@ -94,6 +157,7 @@ inline std::vector<std::string> reasoning_corpus(const reasoning_corpus_options&
   };
   rate(options.think_rate, "think_rate");
   rate(options.cot_rate, "cot_rate");
+  rate(options.shortcut_rate, "shortcut_rate");
   rate(options.mixed_language_rate, "mixed_language_rate");
   require(options.think_rate + options.cot_rate <= 1,
           "reasoning_corpus: think_rate + cot_rate must be at most 1, found " +
@@ -106,8 +170,11 @@ inline std::vector<std::string> reasoning_corpus(const reasoning_corpus_options&
     const double form = r.uniform();
     std::string response;
     if (form < options.think_rate + options.cot_rate) {
-      const std::string reasoning = r.uniform() < options.mixed_language_rate ? rd::mix_language(p.reasoning, r) : p.reasoning;
-      response = form < options.think_rate ? r1_response(reasoning, p.answer) : untagged_response(reasoning, p.answer);
+      solution chain{p.reasoning, p.answer};
+      if (r.uniform() < options.shortcut_rate) chain = shortcut(p, r);
+      if (r.uniform() < options.mixed_language_rate) chain.reasoning = rd::mix_language(chain.reasoning, r);
+      response = form < options.think_rate ? r1_response(chain.reasoning, chain.answer)
+                                           : untagged_response(chain.reasoning, chain.answer);
     } else {
       response = p.answer;
     }

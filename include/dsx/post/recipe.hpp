@@ -58,8 +58,10 @@ namespace dsx::post {
 inline nlohmann::json default_recipe() {
   using nlohmann::json;
   const json eval = {{"problems", 32}, {"k", 4}, {"temperature", 0.6}, {"top_p", 0.95}, {"max_new", 96}, {"nim_games", 16}, {"traces", 2}};
-  const auto rl = [](int steps, double temperature, double lr, double language, double rm) {
-    return json{{"steps", steps}, {"prompts", 8}, {"group", 8}, {"iterations", 1}, {"temperature", temperature},
+  // RL samples at temperature 0.7: at 1.0 (R1's setting) a model this small writes mostly broken text, and
+  // the updates then chase that noise instead of the answers.
+  const auto rl = [](int steps, int prompts, double temperature, double lr, double language, double rm) {
+    return json{{"steps", steps}, {"prompts", prompts}, {"group", 8}, {"iterations", 1}, {"temperature", temperature},
                 {"max_new", 96}, {"lr", lr}, {"beta", 0.001}, {"eps_low", 0.2}, {"eps_high", 0.28},
                 {"aggregation", "token"}, {"scale_std", true}, {"accuracy", 1.0}, {"format", 1.0},
                 {"language", language}, {"reward_model", rm}};
@@ -67,17 +69,17 @@ inline nlohmann::json default_recipe() {
   const auto sft = [](double epochs, double lr) { return json{{"epochs", epochs}, {"batch", 16}, {"lr", lr}, {"row_tokens", 128}}; };
   return {{"seed", 1},
           {"stop_after", ""},  // the last stage to run ("": all)
-          {"corpus", {{"documents", 20000}, {"think_rate", 0.04}, {"cot_rate", 0.5}, {"mixed_language_rate", 0.3}}},
+          {"corpus", {{"documents", 20000}, {"think_rate", 0.04}, {"cot_rate", 0.5}, {"shortcut_rate", 0.5}, {"mixed_language_rate", 0.3}}},
           {"pretrain", {{"steps", 1400}, {"batch", 16}, {"seq", 127}, {"lr", 3e-3}, {"lr_final", 3e-4}, {"warmup", 30}}},
           {"eval", eval},
-          {"r1_zero", rl(40, 1.0, 3e-4, 0.0, 0.0)},
+          {"r1_zero", rl(60, 8, 0.7, 1e-4, 0.0, 0.0)},
           {"cold_start", {{"samples", 300}, {"sft", sft(3, 3e-4)}}},
-          {"grpo", rl(40, 1.0, 5e-5, 1.0, 0.0)},
-          {"rejection", {{"prompts", 256}, {"samples", 4}, {"temperature", 1.0}, {"sft", sft(6, 3e-4)}}},
+          {"grpo", rl(30, 16, 0.7, 3e-5, 1.0, 0.0)},
+          {"rejection", {{"prompts", 256}, {"samples", 4}, {"temperature", 0.7}, {"sft", sft(6, 3e-4)}}},
           {"reward_model", {{"steps", 60}, {"batch", 16}, {"lr", 1e-3}, {"held_out", 0.2}}},
-          {"rl_all", rl(30, 0.7, 5e-5, 1.0, 0.5)},
+          {"rl_all", rl(30, 8, 0.7, 3e-5, 1.0, 0.5)},
           {"student", {{"pretrain_steps", 600}}},
-          {"distill", {{"prompts", 768}, {"samples", 2}, {"temperature", 1.0}, {"logit_weight", 0.5},
+          {"distill", {{"prompts", 768}, {"samples", 2}, {"temperature", 0.7}, {"logit_weight", 0.5},
                        {"kl_temperature", 1.0}, {"sft", sft(6, 3e-4)}}}};
 }
 
@@ -298,6 +300,7 @@ class recipe {
                                 .documents = o_["corpus"]["documents"].get<std::size_t>(),
                                 .think_rate = o_["corpus"]["think_rate"].get<double>(),
                                 .cot_rate = o_["corpus"]["cot_rate"].get<double>(),
+                                .shortcut_rate = o_["corpus"]["shortcut_rate"].get<double>(),
                                 .mixed_language_rate = o_["corpus"]["mixed_language_rate"].get<double>()});
     if (fs::exists(report_path())) stages_ = read_report_json(report_path());
     seconds_before_ = previous_seconds();
