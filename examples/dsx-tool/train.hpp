@@ -79,7 +79,14 @@ inline void add_train_flags(CLI::App& cmd, train_args& a, std::int64_t max_posit
   cmd.add_option("--steps", o.steps, "train until this many steps are done")->required()->check(CLI::NonNegativeNumber);
   cmd.add_option("--out", a.out, "output folder: metrics.jsonl, metrics.svg, checkpoint/")->required();
   cmd.add_flag("--resume", a.resume, "continue from DIR/checkpoint (bit-identical to an uninterrupted run)");
-  cmd.add_option("--batch", o.batch, "sequences per step")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd.add_option("--batch", o.batch, "sequences per step (after the batch ramp)")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  cmd.add_option("--batch-ramp-start", o.batch_ramp_start,
+                 "sequences per step at the start of a linear ramp to --batch, rounded down to a multiple of "
+                 "--micro-batches (V3: 3072 to 15360; 0: no ramp)")
+      ->capture_default_str()->check(CLI::NonNegativeNumber);
+  cmd.add_option("--batch-ramp-tokens", o.batch_ramp_tokens, "tokens over which the batch ramps to --batch (V3: 469B)")
+      ->capture_default_str()->check(CLI::NonNegativeNumber);
   cmd.add_option("--micro-batches", o.micro_batches, "forward/backward passes per step (gradient accumulation)")
       ->capture_default_str()->check(CLI::PositiveNumber);
   o.seq = std::min<std::int64_t>(o.seq, max_positions - 1);
@@ -100,6 +107,9 @@ inline void add_train_flags(CLI::App& cmd, train_args& a, std::int64_t max_posit
   cmd.add_option("--mtp-switch-step", a.mtp_switch,
                  "step where lambda changes (default: 10/14.8 of --steps, V3's token fraction; 0: never)");
   cmd.add_option("--gamma", o.gamma, "routing bias update speed (V3: 0.001)")->capture_default_str();
+  cmd.add_option("--gamma-stop-tokens", o.gamma_stop_tokens,
+                 "tokens trained after which gamma is 0 (V3: 14.3T of 14.8T; 0: never)")
+      ->capture_default_str()->check(CLI::NonNegativeNumber);
   cmd.add_option("--alpha", o.alpha, "sequence-wise balance loss weight (V3: 0.0001)")->capture_default_str();
   cmd.add_option("--seed", o.seed, "seed of the initial weights and the data order")->capture_default_str();
   cmd.add_option("--init-std", a.init_std, "standard deviation of the initial matrices")->capture_default_str();

@@ -1,7 +1,12 @@
 // The pre-training loop (train/pretrain.hpp) on the host backend, with a tiny model that has MTP, MoE
 // layers with routing biases and the balance loss:
 //  - exact resume: 4 steps straight equal 2 steps + checkpoint + fresh objects + resume + 2 steps, bit for
-//    bit (losses, gradient norms, weights, routing biases, moments), across the λ switch;
+//    bit (losses, gradient norms, weights, routing biases, moments), across the λ switch, and with the
+//    batch ramp and the γ stop changing at and after the resume;
+//  - the batch ramp: the step sizes follow the schedule and the steps read the loader's stream of
+//    sequences in order (the loader cut into ramped micro-batches delivers the full batches' ids);
+//  - the γ stop: from the stop on, a step no longer moves the routing biases;
+//  - bad ramp and γ stop options are refused, naming the option;
 //  - gradient accumulation: 2 micro-batches of 2 match 1 batch of 4 up to rounding;
 //  - a non-finite loss skips the step (no update), is counted and logged; N in a row stop training with
 //    the message naming the last good checkpoint, which stays loadable; a good step resets the count;
@@ -16,6 +21,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <limits>
 #include <sstream>
 #include <string>
@@ -96,22 +102,38 @@ std::vector<float> moments(dsx::pretrainer<model_t>& t) {
   return {opt.m(), opt.m() + 2 * opt.size()};  // m then v, adjacent
 }
 
-}  // namespace
+std::vector<float> routing_biases(model_t& m) {
+  std::vector<float> out;
+  for (int l : m.moe_layers()) {
+    const auto b = m.get_param(*m.params().find(param_kind::router_bias, l));
+    out.insert(out.end(), b.begin(), b.end());
+  }
+  return out;
+}
 
-TEST_CASE("pretrain: 2 + 2 steps with a resume equal 4 steps bit for bit (MTP, balance loss, bias updates)", "[unit]") {
-  const fs::path straight_dir = fresh_dir("straight"), resumed_dir = fresh_dir("resumed");
+// Runs base_options (with `adjust` applied) for 4 steps straight and as 2 steps + checkpoint + fresh
+// objects + resume + 2 steps, and checks that both give the same steps, weights, moments, counters and
+// metrics, bit for bit. Returns the straight run's steps.
+std::vector<dsx::step_result> check_exact_resume(const std::string& name,
+                                                 const std::function<void(dsx::pretrain_options&)>& adjust) {
+  const fs::path straight_dir = fresh_dir(name + "-straight"), resumed_dir = fresh_dir(name + "-resumed");
+  const auto options = [&](const fs::path& out, std::int64_t steps) {
+    dsx::pretrain_options o = base_options(out, steps);
+    adjust(o);
+    return o;
+  };
 
-  run_objects straight(base_options(straight_dir, 4));
+  run_objects straight(options(straight_dir, 4));
   straight.trainer.start();
   const auto full = straight.trainer.run();
   REQUIRE(full.size() == 4);
 
   {
-    run_objects first(base_options(resumed_dir, 2));
+    run_objects first(options(resumed_dir, 2));
     first.trainer.start();
     REQUIRE(first.trainer.run().size() == 2);
   }
-  run_objects second(base_options(resumed_dir, 4));  // fresh objects; init_weights is overwritten by the load
+  run_objects second(options(resumed_dir, 4));  // fresh objects; init_weights is overwritten by the load
   second.trainer.resume();
   CHECK(second.trainer.state().step == 2);
   const auto rest = second.trainer.run();
@@ -122,6 +144,8 @@ TEST_CASE("pretrain: 2 + 2 steps with a resume equal 4 steps bit for bit (MTP, b
     const auto& b = rest[i];
     INFO("step " << a.step);
     CHECK(b.step == a.step);
+    CHECK(b.batch == a.batch);
+    CHECK(b.gamma == a.gamma);
     CHECK(b.loss == a.loss);
     CHECK(b.lm_loss == a.lm_loss);
     CHECK(b.mtp_loss == a.mtp_loss);
@@ -156,11 +180,161 @@ TEST_CASE("pretrain: 2 + 2 steps with a resume equal 4 steps bit for bit (MTP, b
   REQUIRE(b.size() == 4);
   for (std::size_t i = 0; i < 4; ++i) {
     CHECK(b[i]["step"] == std::int64_t(i + 1));
-    for (const char* key : {"loss", "lm_loss", "mtp_loss", "balance_loss", "lr", "grad_norm", "max_load_ratio"})
+    for (const char* key : {"loss", "lm_loss", "mtp_loss", "balance_loss", "lr", "grad_norm", "max_load_ratio", "batch",
+                            "gamma", "tokens"})
       CHECK(b[i][key] == a[i][key]);
   }
   fs::remove_all(straight_dir);
   fs::remove_all(resumed_dir);
+  return full;
+}
+
+}  // namespace
+
+TEST_CASE("pretrain: 2 + 2 steps with a resume equal 4 steps bit for bit (MTP, balance loss, bias updates)", "[unit]") {
+  for (const auto& r : check_exact_resume("plain", [](dsx::pretrain_options&) {})) {
+    CHECK(r.batch == 4);
+    CHECK(r.gamma == 0.01);
+  }
+}
+
+TEST_CASE("pretrain: the resume stays bit-exact with the batch ramp and the gamma stop", "[unit]") {
+  // Tokens before steps 1..4: 0, 14, 28, 56. The ramp 2 -> 4 over 28 tokens gives 2, 2 (2 + 2·14/28 = 3,
+  // rounded down to the 2 micro-batches), then 4 from step 3, the first one after the resume; γ stops
+  // from 40 tokens on, at step 4.
+  const auto full = check_exact_resume("ramp", [](dsx::pretrain_options& o) {
+    o.batch_ramp_start = 2;
+    o.batch_ramp_tokens = 28;
+    o.gamma_stop_tokens = 40;
+  });
+  REQUIRE(full.size() == 4);
+  const std::vector<std::int64_t> batches{2, 2, 4, 4};
+  const std::vector<double> gammas{0.01, 0.01, 0.01, 0.0};
+  for (std::size_t i = 0; i < 4; ++i) {
+    INFO("step " << i + 1);
+    CHECK(full[i].batch == batches[i]);
+    CHECK(full[i].gamma == gammas[i]);
+  }
+}
+
+TEST_CASE("pretrain: the batch ramps as scheduled and the steps read the loader's sequences in order", "[unit]") {
+  const fs::path dir = fresh_dir("ramp-order"), plain_dir = fresh_dir("ramp-plain");
+  auto o = base_options(dir, 6);
+  o.batch = 8;
+  o.batch_ramp_start = 2;
+  o.batch_ramp_tokens = 100;
+  // Tokens before each step: 0, 14, 28, 42, 70, 112; 2 + 6·t/100 = 2, 2.84, 3.68, 4.52, 6.2, then the
+  // target 8 from 100 tokens on; rounded down to a multiple of the 2 micro-batches.
+  const std::vector<std::int64_t> batches{2, 2, 2, 4, 6, 8};
+  run_objects ramped(o);
+  ramped.trainer.start();
+  const auto steps = ramped.trainer.run();
+  REQUIRE(steps.size() == 6);
+  const auto lines = dsx::read_metrics(dir / "metrics.jsonl");
+  REQUIRE(lines.size() == 6);
+  std::int64_t sequences = 0;
+  for (std::size_t i = 0; i < 6; ++i) {
+    INFO("step " << i + 1);
+    sequences += batches[i];
+    CHECK(steps[i].batch == batches[i]);
+    CHECK(lines[i]["batch"] == batches[i]);
+    CHECK(lines[i]["tokens"] == sequences * seq);
+  }
+  CHECK(ramped.trainer.state().tokens == 24 * seq);
+
+  // The 24 sequences the ramped steps read are the first 6 batches of 4 of a loader without ramp: the
+  // trainer's loader stands where that one does, and the loader cut into the steps' micro-batches
+  // (1, 1, 1, 1, 1, 1, 2, 2, 3, 3, 4, 4 sequences) delivers the same ids.
+  const dsx::loader_options lo{.batch = 4, .sequence_length = seq, .seed = o.seed};
+  dsx::packed_loader plain({make_shard()}, lo), cut({make_shard()}, lo);
+  std::vector<std::int32_t> whole, pieces;
+  for (int i = 0; i < 6; ++i) {
+    const auto b = plain.next();
+    whole.insert(whole.end(), b.begin(), b.end());
+  }
+  for (const std::int64_t n : batches)
+    for (int micro = 0; micro < 2; ++micro) {
+      std::vector<std::int32_t> ids(std::size_t(n / 2 * (seq + 1)));
+      cut.next(ids, n / 2);
+      pieces.insert(pieces.end(), ids.begin(), ids.end());
+    }
+  CHECK(pieces == whole);
+  CHECK(cut.state() == plain.state());
+  CHECK(ramped.trainer.state().loader == plain.state());
+  std::vector<std::int32_t> five(std::size_t(5 * (seq + 1)));
+  CHECK_THROWS_WITH(cut.next(five, 5), Catch::Contains("1..4 sequences") && Catch::Contains("asked for 5"));
+  CHECK_THROWS_WITH(cut.next(five, 2), Catch::Contains("2 × 8"));
+
+  // The ramp's first 3 steps (2 sequences each) are the steps of a run without ramp at batch 2.
+  auto po = base_options(plain_dir, 3);
+  po.batch = 2;
+  run_objects fixed(po);
+  fixed.trainer.start();
+  const auto fixed_steps = fixed.trainer.run();
+  REQUIRE(fixed_steps.size() == 3);
+  for (std::size_t i = 0; i < 3; ++i) {
+    INFO("step " << i + 1);
+    CHECK(steps[i].loss == fixed_steps[i].loss);
+    CHECK(steps[i].grad_norm == fixed_steps[i].grad_norm);
+  }
+  fs::remove_all(dir);
+  fs::remove_all(plain_dir);
+}
+
+TEST_CASE("pretrain: from the gamma stop on, steps no longer move the routing biases", "[unit]") {
+  const fs::path dir = fresh_dir("gamma-stop");
+  auto o = base_options(dir, 100);
+  o.gamma_stop_tokens = 2 * 4 * seq;  // reached after step 2
+  run_objects r(o);
+  r.trainer.start();
+  for (int i = 0; i < 4; ++i) {
+    INFO("step " << i + 1);
+    const auto biases = routing_biases(r.model), params = all_params(r.model);
+    const auto s = r.trainer.step();
+    REQUIRE(!s.skipped);
+    CHECK(all_params(r.model) != params);  // the step updated the weights
+    if (i < 2) {
+      CHECK(s.gamma == 0.01);
+      CHECK(routing_biases(r.model) != biases);
+    } else {
+      CHECK(s.gamma == 0.0);
+      CHECK(routing_biases(r.model) == biases);
+    }
+  }
+  const auto lines = dsx::read_metrics(dir / "metrics.jsonl");
+  REQUIRE(lines.size() == 4);
+  CHECK(lines[1]["gamma"] == 0.01);
+  CHECK(lines[2]["gamma"] == 0.0);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("pretrain: bad batch ramp and gamma stop options are refused, naming the option", "[unit]") {
+  using Catch::Contains;
+  const auto with = [](const std::function<void(dsx::pretrain_options&)>& adjust) {
+    dsx::pretrain_options o = base_options("unused", 1);  // batch 4, 2 micro-batches
+    adjust(o);
+    return o;
+  };
+  CHECK_THROWS_WITH(with([](auto& o) { o.batch_ramp_start = 5; o.batch_ramp_tokens = 10; }).check(),
+                    Contains("--batch-ramp-start (5) must be 0 (no ramp) or between --micro-batches (2) and --batch (4)"));
+  CHECK_THROWS_WITH(with([](auto& o) { o.batch_ramp_start = 1; o.batch_ramp_tokens = 10; }).check(),
+                    Contains("--batch-ramp-start (1)"));
+  CHECK_THROWS_WITH(with([](auto& o) { o.batch_ramp_start = -2; o.batch_ramp_tokens = 10; }).check(),
+                    Contains("--batch-ramp-start (-2)"));
+  CHECK_THROWS_WITH(with([](auto& o) { o.batch_ramp_start = 2; }).check(),
+                    Contains("--batch-ramp-tokens (0) must be positive with a --batch-ramp-start"));
+  CHECK_THROWS_WITH(with([](auto& o) { o.batch_ramp_tokens = 50; }).check(),
+                    Contains("--batch-ramp-tokens (50)") && Contains("--batch-ramp-start is 0"));
+  CHECK_THROWS_WITH(with([](auto& o) { o.batch_ramp_start = 2; o.batch_ramp_tokens = -1; }).check(),
+                    Contains("--batch-ramp-tokens (-1)"));
+  CHECK_THROWS_WITH(with([](auto& o) { o.gamma_stop_tokens = -3; }).check(),
+                    Contains("--gamma-stop-tokens must be >= 0"));
+  CHECK_NOTHROW(with([](auto& o) {
+                  o.batch_ramp_start = 2;
+                  o.batch_ramp_tokens = 50;
+                  o.gamma_stop_tokens = 10;
+                }).check());
+  CHECK_NOTHROW(with([](auto& o) { o.batch_ramp_start = 4; o.batch_ramp_tokens = 50; }).check());
 }
 
 TEST_CASE("pretrain: 2 micro-batches of 2 sequences give the step of one batch of 4", "[unit]") {
@@ -340,12 +514,14 @@ TEST_CASE("pretrain: metrics.jsonl has the required keys; metrics.svg is well-fo
   REQUIRE(lines.size() == 3);
   for (const auto& j : lines)
     for (const char* key : {"step", "loss", "lm_loss", "mtp_loss", "balance_loss", "lr", "grad_norm", "tokens_per_s",
-                            "max_load_ratio"}) {
+                            "max_load_ratio", "batch", "gamma"}) {
       INFO(key);
       REQUIRE(j.contains(key));
       CHECK(j[key].is_number());
     }
   CHECK(lines[2]["tokens"] == 3 * 4 * seq);
+  CHECK(lines[2]["batch"] == 4);
+  CHECK(lines[2]["gamma"] == 0.01);
 
   std::ifstream in(dir / "metrics.svg");
   REQUIRE(in);
@@ -374,6 +550,14 @@ TEST_CASE("pretrain: a resume with other arithmetic is refused, naming the optio
   run_objects r(o);
   CHECK_THROWS_WITH(r.trainer.resume(), Catch::Contains("options that change the arithmetic") &&
                                             Catch::Contains("lr: checkpoint") && Catch::Contains("gamma: checkpoint 0.01, now 0.5"));
+  auto scheduled = base_options(dir, 2);
+  scheduled.batch_ramp_start = 2;
+  scheduled.batch_ramp_tokens = 100;
+  scheduled.gamma_stop_tokens = 50;
+  run_objects other_schedules(scheduled);
+  CHECK_THROWS_WITH(other_schedules.trainer.resume(), Catch::Contains("batch_ramp_start: checkpoint 0, now 2") &&
+                                                          Catch::Contains("batch_ramp_tokens: checkpoint 0, now 100") &&
+                                                          Catch::Contains("gamma_stop_tokens: checkpoint 0, now 50"));
   run_objects none(base_options(fresh_dir("empty"), 2));
   CHECK_THROWS_WITH(none.trainer.resume(), Catch::Contains("--resume: no checkpoint in"));
   fs::remove_all(dir);

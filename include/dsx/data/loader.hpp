@@ -12,8 +12,10 @@
 // restricted to [0, S) by cycle walking. It needs no stored permutation and no O(S) state: sequence k
 // of epoch e is computed on its own. Without shuffling the order is 0, 1, ..., S − 1 in every epoch.
 //
-// Batches hold B sequences, row-major B × (T + 1) ids. An epoch that ends inside a batch continues
-// with the next epoch's first sequences, so every batch is full.
+// Batches hold B sequences, row-major B × (T + 1) ids; next(out, n) delivers the next n <= B instead
+// (the pre-trainer's batch ramp). The delivered sequences form one stream whatever the counts: which
+// sequences a call returns depends only on how many were delivered before it. An epoch that ends inside
+// a batch continues with the next epoch's first sequences, so every batch is full.
 //
 // Resuming: state() is (seed, epoch, position) plus the sizes it is valid for; seek(state) restores it,
 // after which next() returns exactly the batches the uninterrupted loader would have returned.
@@ -197,17 +199,22 @@ class packed_loader {
     }
   }
 
-  // The next batch, B × (T + 1) ids row-major, into out.
-  void next(std::span<std::int32_t> out) {
+  // The next `sequences` sequences (1..B), sequences × (T + 1) ids row-major, into out.
+  void next(std::span<std::int32_t> out, std::int64_t sequences) {
+    require(sequences > 0 && sequences <= batch_, "packed_loader: a batch holds 1.." + std::to_string(batch_) +
+                                                      " sequences (the loader's batch), asked for " +
+                                                      std::to_string(sequences));
     const std::size_t row = std::size_t(seq_ + 1);
-    require(out.size() == std::size_t(batch_) * row,
-            "packed_loader: a batch needs room for " + std::to_string(batch_) + " × " + std::to_string(row) + " ids, got " +
+    require(out.size() == std::size_t(sequences) * row,
+            "packed_loader: a batch needs room for " + std::to_string(sequences) + " × " + std::to_string(row) + " ids, got " +
                 std::to_string(out.size()));
-    for (std::int64_t b = 0; b < batch_; ++b) {
+    for (std::int64_t b = 0; b < sequences; ++b) {
       read_sequence(sequence_at(epoch_, position_), out.subspan(std::size_t(b) * row, row));
       if (++position_ == sequences_) set_epoch(epoch_ + 1);
     }
   }
+  // The next full batch, B × (T + 1) ids row-major, into out.
+  void next(std::span<std::int32_t> out) { next(out, batch_); }
   std::vector<std::int32_t> next() {
     std::vector<std::int32_t> out(std::size_t(batch_ * (seq_ + 1)));
     next(out);
