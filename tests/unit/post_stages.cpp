@@ -477,7 +477,19 @@ TEST_CASE("score_responses: correct and formatted counts; the vote reads the ans
   CHECK(t.formatted == 1);
   CHECK(!t.consensus);
   CHECK(post::score_responses(p, std::vector<std::string>{"543", "433", "433", "543"}).consensus);
+  // With confidences the tie goes to the answer of higher mean log-probability: 543 at (-0.1 - 0.3) / 2
+  // against 433 at (-0.5 - 0.2) / 2; a count still outweighs any confidence.
+  const std::vector<double> sure = {-0.5, -0.1, -0.2, -0.3};
+  CHECK(post::score_responses(p, tie, sure).consensus);
+  CHECK(!post::score_responses(p, tie, std::vector<double>{-0.1, -0.5, -0.2, -0.3}).consensus);
+  CHECK(!post::score_responses(p, std::vector<std::string>{"433", "433", "543"}, std::vector<double>{-9, -9, 0}).consensus);
+  CHECK_THAT(error_of([&] { post::score_responses(p, tie, std::vector<double>{-1}); }),
+             Contains("expected 4 confidences (one per response), found 1"));
   CHECK_THAT(error_of([&] { post::score_responses(p, {}); }), Contains("at least one response to 'What is 457 + 86?'"));
+  post::completion c;
+  CHECK(post::mean_logprob(c) == 0.0);
+  c.logprobs = {-1.0, -2.0, -3.0};
+  CHECK(post::mean_logprob(c) == -2.0);
 }
 
 namespace {

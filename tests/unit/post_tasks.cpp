@@ -336,21 +336,21 @@ TEST_CASE("reasoning corpus and cold-start set", "[post][data]") {
       mixed += language_fraction(response.substr(0, response.rfind('\n'))) < 1.0;
     }
   }
-  CHECK(think == Approx(0.04 * 4000).margin(40));
-  CHECK(untagged == Approx(0.5 * 4000).margin(150));
+  CHECK(think == Approx(0.08 * 4000).margin(60));
+  CHECK(untagged == Approx(0.76 * 4000).margin(150));
   CHECK(mixed == Approx(0.3 * with_reasoning).margin(0.05 * with_reasoning));
-  // Half the reasoning takes the shortcut; addition's shortcut is only seen where a carry makes it wrong
+  // 30% of the reasoning takes the shortcut; addition's shortcut is only seen where a carry makes it wrong
   // (about 3/4 of the problems), and the other shortcuts are right only by luck.
-  CHECK(shortcuts > 0.4 * with_reasoning);
-  CHECK(shortcuts < 0.5 * with_reasoning + 100);
-  CHECK(wrong > 0.35 * with_reasoning);
+  CHECK(shortcuts > 0.22 * with_reasoning);
+  CHECK(shortcuts < 0.3 * with_reasoning + 100);
+  CHECK(wrong > 0.18 * with_reasoning);
   CHECK(wrong <= shortcuts);
 
-  o.think_rate = 0.7;
+  o.think_rate = 0.3;
   CHECK_THAT(error_of([&] { reasoning_corpus(o); }), Contains("think_rate + cot_rate"));
   o.think_rate = -0.1;
   CHECK_THAT(error_of([&] { reasoning_corpus(o); }), Contains("think_rate must lie in [0, 1]"));
-  o.think_rate = 0.04;
+  o.think_rate = 0.08;
   o.shortcut_rate = 1.5;
   CHECK_THAT(error_of([&] { reasoning_corpus(o); }), Contains("shortcut_rate must lie in [0, 1]"));
 

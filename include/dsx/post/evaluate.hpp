@@ -4,7 +4,9 @@
 //   pass@1  = mean over problems of (correct samples / k)            (R1 §3: pass@1 = (1/k) Σ p_i)
 //   cons@k  = mean over problems of [the majority answer is correct] (self-consistency: the k answers vote;
 //             an answer is the final line of the answer part, what verify reads, so that responses which
-//             reason differently but answer the same agree; ties go to the answer seen first)
+//             reason differently but answer the same agree; a tie goes to the answer the model is surest
+//             of, the one with the highest mean per-token log-probability over its samples, and without
+//             those numbers to the answer seen first)
 //   format  = fraction of samples in the <think>…</think> answer format
 // Sampling defaults follow R1's evaluation (temperature 0.6, top-p 0.95).
 #pragma once
@@ -40,32 +42,53 @@ inline std::string response_text(const chat_template& chat, std::span<const std:
 }
 
 // The verdicts of k responses to one problem and what they add up to: the correct and formatted counts,
-// and whether the majority answer (see the top of this file) is correct. No responses: a dsx::error.
+// and whether the majority answer (see the top of this file) is correct. `confidence`, empty or one per
+// response: the response's mean per-token log-probability, which breaks ties between answers. No
+// responses, or a confidence count that differs from theirs: a dsx::error.
 struct problem_score {
   std::vector<verdict> verdicts;
   int correct = 0, formatted = 0;
   bool consensus = false;
 };
 
-inline problem_score score_responses(const task_problem& p, std::span<const std::string> responses) {
+inline problem_score score_responses(const task_problem& p, std::span<const std::string> responses,
+                                     std::span<const double> confidence = {}) {
   require(!responses.empty(), "score_responses: expected at least one response to '" + p.question + "', found none");
+  require(confidence.empty() || confidence.size() == responses.size(),
+          "score_responses: expected " + std::to_string(responses.size()) + " confidences (one per response), found " +
+              std::to_string(confidence.size()));
+  struct vote {
+    std::string answer;
+    int count = 0;
+    double confidence = 0;  // summed over the answer's samples
+    bool correct = false;
+  };
   problem_score out;
-  std::vector<std::pair<std::string, int>> votes;  // answer, count in first-seen order
-  std::map<std::string, bool> right;
-  for (const std::string& text : responses) {
-    verdict v = verify(p, text);
+  std::vector<vote> votes;  // first-seen order
+  for (std::size_t i = 0; i < responses.size(); ++i) {
+    verdict v = verify(p, responses[i]);
     out.correct += v.correct;
     out.formatted += v.formatted;
-    std::string answer(task_detail::final_line(v.answer));
-    right[answer] = v.correct;
-    auto it = std::find_if(votes.begin(), votes.end(), [&](const auto& e) { return e.first == answer; });
-    if (it == votes.end()) votes.emplace_back(std::move(answer), 1);
-    else ++it->second;
+    const std::string answer(task_detail::final_line(v.answer));
+    auto it = std::find_if(votes.begin(), votes.end(), [&](const vote& e) { return e.answer == answer; });
+    if (it == votes.end()) it = votes.insert(votes.end(), vote{answer, 0, 0, v.correct});
+    ++it->count;
+    it->confidence += confidence.empty() ? 0.0 : confidence[i];
     out.verdicts.push_back(std::move(v));
   }
-  const auto best = std::max_element(votes.begin(), votes.end(), [](const auto& a, const auto& b) { return a.second < b.second; });
-  out.consensus = right[best->first];
+  // max_element keeps the first of equals, so without confidences a tie goes to the answer seen first.
+  const auto best = std::max_element(votes.begin(), votes.end(), [](const vote& a, const vote& b) {
+    return a.count != b.count ? a.count < b.count : a.confidence / a.count < b.confidence / b.count;
+  });
+  out.consensus = best->correct;
   return out;
+}
+
+// The mean per-token log-probability of a completion (0 for an empty one).
+inline double mean_logprob(const completion& c) {
+  double sum = 0;
+  for (const double l : c.logprobs) sum += l;
+  return c.logprobs.empty() ? 0.0 : sum / double(c.logprobs.size());
 }
 
 // Scores `model` on `tasks`; the result's name, model, seconds and metrics are left to the caller.
@@ -83,8 +106,12 @@ stage_report evaluate(Model& model, const chat_template& chat, std::span<const t
       const auto prompt = chat.prompt(p.question);
       const auto samples = sample(model, prompt, o.k, o.sampling, o.seed, stream++);
       std::vector<std::string> texts;
-      for (const completion& c : samples) texts.push_back(response_text(chat, c.ids, c.stopped));
-      const problem_score ps = score_responses(p, texts);
+      std::vector<double> confidence;
+      for (const completion& c : samples) {
+        texts.push_back(response_text(chat, c.ids, c.stopped));
+        confidence.push_back(mean_logprob(c));
+      }
+      const problem_score ps = score_responses(p, texts, confidence);
       for (const verdict& v : ps.verdicts)
         if (std::count_if(out.samples.begin(), out.samples.end(), [&](const sample_trace& s) { return s.task == score.task; }) < o.traces)
           out.samples.push_back({score.task, p.question, v.thinking, v.answer, p.answer, v.formatted, v.correct});

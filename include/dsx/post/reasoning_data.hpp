@@ -40,9 +40,9 @@ namespace dsx::post {
 struct reasoning_corpus_options {
   std::uint64_t seed = 7;
   std::size_t documents = 20000;
-  double think_rate = 0.04;           // responses in R1 format
-  double cot_rate = 0.5;              // untagged responses: "{reasoning}\n{answer}"
-  double shortcut_rate = 0.5;         // of the responses with reasoning: the task's shortcut instead
+  double think_rate = 0.08;           // responses in R1 format
+  double cot_rate = 0.76;             // untagged responses: "{reasoning}\n{answer}"
+  double shortcut_rate = 0.3;         // of the responses with reasoning: the task's shortcut instead
   double mixed_language_rate = 0.3;   // of the responses with reasoning: some words in Chinese
 };
 

@@ -69,17 +69,17 @@ inline nlohmann::json default_recipe() {
   const auto sft = [](double epochs, double lr) { return json{{"epochs", epochs}, {"batch", 16}, {"lr", lr}, {"row_tokens", 128}}; };
   return {{"seed", 1},
           {"stop_after", ""},  // the last stage to run ("": all)
-          {"corpus", {{"documents", 20000}, {"think_rate", 0.04}, {"cot_rate", 0.5}, {"shortcut_rate", 0.5}, {"mixed_language_rate", 0.3}}},
+          {"corpus", {{"documents", 20000}, {"think_rate", 0.08}, {"cot_rate", 0.76}, {"shortcut_rate", 0.3}, {"mixed_language_rate", 0.3}}},
           {"pretrain", {{"steps", 1400}, {"batch", 16}, {"seq", 127}, {"lr", 3e-3}, {"lr_final", 3e-4}, {"warmup", 30}}},
           {"eval", eval},
-          {"r1_zero", rl(60, 8, 0.7, 1e-4, 0.0, 0.0)},
+          {"r1_zero", rl(80, 8, 0.7, 1e-4, 0.0, 0.0)},
           {"cold_start", {{"samples", 300}, {"sft", sft(3, 3e-4)}}},
-          {"grpo", rl(30, 16, 0.7, 3e-5, 1.0, 0.0)},
+          {"grpo", rl(20, 16, 0.7, 5e-5, 1.0, 0.0)},
           {"rejection", {{"prompts", 256}, {"samples", 4}, {"temperature", 0.7}, {"sft", sft(6, 3e-4)}}},
           {"reward_model", {{"steps", 60}, {"batch", 16}, {"lr", 1e-3}, {"held_out", 0.2}}},
-          {"rl_all", rl(30, 8, 0.7, 3e-5, 1.0, 0.5)},
-          {"student", {{"pretrain_steps", 600}}},
-          {"distill", {{"prompts", 768}, {"samples", 2}, {"temperature", 0.7}, {"logit_weight", 0.5},
+          {"rl_all", rl(20, 8, 0.7, 3e-5, 1.0, 0.5)},
+          {"student", {{"pretrain_steps", 450}}},
+          {"distill", {{"prompts", 512}, {"samples", 2}, {"temperature", 0.7}, {"logit_weight", 0.5},
                        {"kl_temperature", 1.0}, {"sft", sft(6, 3e-4)}}}};
 }
 
