@@ -24,12 +24,42 @@
 namespace dsx::backend {
 
 namespace detail {
-// Dot product of two length-n vectors of storage type T, in A.
+// Dot product of two contiguous length-n vectors of storage type T, in A.
 template <class A, class T>
 A dot(const T* a, const T* b, std::int64_t n) {
   A s = 0;
+#pragma omp simd reduction(+ : s)
   for (std::int64_t i = 0; i < n; ++i) s += A(a[i]) * A(b[i]);
   return s;
+}
+
+// The (rows, cols) block at src with row stride ld, copied to dst in A: row-major (dst[r · cols + c]) or,
+// with transpose, column-major (dst[c · rows + r]). The attention loops run over these contiguous copies
+// so that their innermost loops are unit-stride and vectorise.
+template <class A, class T>
+void pack(A* dst, const T* src, std::int64_t rows, std::int64_t cols, std::int64_t ld, bool transpose) {
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::int64_t c = 0; c < cols; ++c) dst[transpose ? c * rows + r : r * cols + c] = A(src[r * ld + c]);
+}
+
+// s[j] = Σ_d x[d] · mt[d · ld + j] for j < n: a vector times the first n columns of a column-major
+// (d, ld) matrix, vectorised over j.
+template <class A>
+void row_times(A* s, const A* x, const A* mt, std::int64_t d_len, std::int64_t ld, std::int64_t n) {
+  for (std::int64_t j = 0; j < n; ++j) s[j] = 0;
+  for (std::int64_t d = 0; d < d_len; ++d) {
+    const A xd = x[d];
+    const A* m = mt + d * ld;
+#pragma omp simd
+    for (std::int64_t j = 0; j < n; ++j) s[j] += xd * m[j];
+  }
+}
+
+// y[d] += a · x[d] for d < n, in A.
+template <class A, class T>
+void axpy(A* y, A a, const T* x, std::int64_t n) {
+#pragma omp simd
+  for (std::int64_t d = 0; d < n; ++d) y[d] += a * A(x[d]);
 }
 }  // namespace detail
 
@@ -40,29 +70,29 @@ void attention_forward(host&, T* o, accum_t<T>* lse, const T* q, const T* k, con
                        std::int64_t seq, std::int64_t heads, std::int64_t qk_dim, std::int64_t v_dim, double scale) {
   using A = accum_t<T>;
   const std::int64_t qk_row = heads * qk_dim, v_row = heads * v_dim;  // elements between consecutive tokens
+  const auto n = [](std::int64_t x) { return static_cast<std::size_t>(x); };
 #pragma omp parallel
   {
-    std::vector<A> p(static_cast<std::size_t>(seq)), acc(static_cast<std::size_t>(v_dim));
+    // One (batch, head) at a time: K transposed, V, the scaled query row, scores and the output row.
+    std::vector<A> kt(n(qk_dim * seq)), vs(n(seq * v_dim)), qi(n(qk_dim)), p(n(seq)), acc(n(v_dim));
 #pragma omp for schedule(static) collapse(2)
     for (std::int64_t b = 0; b < batch; ++b)
       for (std::int64_t h = 0; h < heads; ++h) {
         const T* qh = q + b * seq * qk_row + h * qk_dim;
-        const T* kh = k + b * seq * qk_row + h * qk_dim;
-        const T* vh = v + b * seq * v_row + h * v_dim;
+        detail::pack(kt.data(), k + b * seq * qk_row + h * qk_dim, seq, qk_dim, qk_row, true);
+        detail::pack(vs.data(), v + b * seq * v_row + h * v_dim, seq, v_dim, v_row, false);
         T* oh = o + b * seq * v_row + h * v_dim;
         A* lse_h = lse + (b * heads + h) * seq;
         for (std::int64_t i = 0; i < seq; ++i) {
+          for (std::int64_t d = 0; d < qk_dim; ++d) qi[n(d)] = A(scale) * A(qh[i * qk_row + d]);
+          detail::row_times(p.data(), qi.data(), kt.data(), qk_dim, seq, i + 1);
           A mx = -std::numeric_limits<A>::infinity();
-          for (std::int64_t j = 0; j <= i; ++j) {
-            p[j] = A(scale) * detail::dot<A>(qh + i * qk_row, kh + j * qk_row, qk_dim);
-            mx = p[j] > mx ? p[j] : mx;
-          }
+          for (std::int64_t j = 0; j <= i; ++j) mx = p[n(j)] > mx ? p[n(j)] : mx;
           A sum = 0;
-          for (std::int64_t j = 0; j <= i; ++j) sum += p[j] = std::exp(p[j] - mx);
+          for (std::int64_t j = 0; j <= i; ++j) sum += p[n(j)] = std::exp(p[n(j)] - mx);
           for (auto& a : acc) a = 0;
-          for (std::int64_t j = 0; j <= i; ++j)
-            for (std::int64_t d = 0; d < v_dim; ++d) acc[d] += p[j] * A(vh[j * v_row + d]);
-          for (std::int64_t d = 0; d < v_dim; ++d) oh[i * v_row + d] = T(acc[d] / sum);
+          for (std::int64_t j = 0; j <= i; ++j) detail::axpy(acc.data(), p[n(j)], vs.data() + j * v_dim, v_dim);
+          for (std::int64_t d = 0; d < v_dim; ++d) oh[i * v_row + d] = T(acc[n(d)] / sum);
           lse_h[i] = mx + std::log(sum);
         }
       }
@@ -78,39 +108,46 @@ void attention_backward(host&, T* dq, T* dk, T* dv, const T* dout, const T* q, c
                         std::int64_t qk_dim, std::int64_t v_dim, double scale) {
   using A = accum_t<T>;
   const std::int64_t qk_row = heads * qk_dim, v_row = heads * v_dim;
+  const auto n = [](std::int64_t x) { return static_cast<std::size_t>(x); };
 #pragma omp parallel
   {
-    // dk and dv of one (batch, head) gather contributions from every later query: accumulate them here.
-    std::vector<A> dk_acc(static_cast<std::size_t>(seq * qk_dim)), dv_acc(static_cast<std::size_t>(seq * v_dim));
-    std::vector<A> dq_acc(static_cast<std::size_t>(qk_dim));
+    // Per (batch, head): K row-major (for dq) and transposed (for the scores), V transposed (for dP); dk
+    // and dv gather contributions from every later query, so they accumulate here.
+    std::vector<A> ks(n(seq * qk_dim)), kt(n(qk_dim * seq)), vt(n(v_dim * seq));
+    std::vector<A> dk_acc(n(seq * qk_dim)), dv_acc(n(seq * v_dim));
+    std::vector<A> qi(n(qk_dim)), doi(n(v_dim)), dq_acc(n(qk_dim)), p(n(seq)), ds(n(seq));
 #pragma omp for schedule(static) collapse(2)
     for (std::int64_t b = 0; b < batch; ++b)
       for (std::int64_t h = 0; h < heads; ++h) {
         const std::int64_t qk_base = b * seq * qk_row + h * qk_dim, v_base = b * seq * v_row + h * v_dim;
-        const T *qh = q + qk_base, *kh = k + qk_base, *vh = v + v_base, *oh = o + v_base, *doh = dout + v_base;
+        const T *qh = q + qk_base, *oh = o + v_base, *doh = dout + v_base;
+        detail::pack(ks.data(), k + qk_base, seq, qk_dim, qk_row, false);
+        detail::pack(kt.data(), k + qk_base, seq, qk_dim, qk_row, true);
+        detail::pack(vt.data(), v + v_base, seq, v_dim, v_row, true);
         const A* lse_h = lse + (b * heads + h) * seq;
         for (auto& a : dk_acc) a = 0;
         for (auto& a : dv_acc) a = 0;
         for (std::int64_t i = 0; i < seq; ++i) {
-          const T* qi = qh + i * qk_row;
-          const T* doi = doh + i * v_row;
-          const A di = detail::dot<A>(doi, oh + i * v_row, v_dim);
+          for (std::int64_t d = 0; d < qk_dim; ++d) qi[n(d)] = A(qh[i * qk_row + d]);
+          for (std::int64_t d = 0; d < v_dim; ++d) doi[n(d)] = A(doh[i * v_row + d]);
+          const A di = detail::dot<A>(doi.data(), oh + i * v_row, v_dim);
+          detail::row_times(p.data(), qi.data(), kt.data(), qk_dim, seq, i + 1);
+          detail::row_times(ds.data(), doi.data(), vt.data(), v_dim, seq, i + 1);
+          for (std::int64_t j = 0; j <= i; ++j) {
+            p[n(j)] = std::exp(A(scale) * p[n(j)] - lse_h[i]);
+            ds[n(j)] = p[n(j)] * (ds[n(j)] - di);
+          }
           for (auto& a : dq_acc) a = 0;
           for (std::int64_t j = 0; j <= i; ++j) {
-            const T* kj = kh + j * qk_row;
-            const A p = std::exp(A(scale) * detail::dot<A>(qi, kj, qk_dim) - lse_h[i]);
-            const A ds = p * (detail::dot<A>(doi, vh + j * v_row, v_dim) - di);
-            for (std::int64_t d = 0; d < qk_dim; ++d) {
-              dq_acc[d] += ds * A(kj[d]);
-              dk_acc[j * qk_dim + d] += ds * A(qi[d]);
-            }
-            for (std::int64_t d = 0; d < v_dim; ++d) dv_acc[j * v_dim + d] += p * A(doi[d]);
+            detail::axpy(dq_acc.data(), ds[n(j)], ks.data() + j * qk_dim, qk_dim);
+            detail::axpy(dk_acc.data() + j * qk_dim, ds[n(j)], qi.data(), qk_dim);
+            detail::axpy(dv_acc.data() + j * v_dim, p[n(j)], doi.data(), v_dim);
           }
-          for (std::int64_t d = 0; d < qk_dim; ++d) dq[qk_base + i * qk_row + d] = T(A(scale) * dq_acc[d]);
+          for (std::int64_t d = 0; d < qk_dim; ++d) dq[qk_base + i * qk_row + d] = T(A(scale) * dq_acc[n(d)]);
         }
         for (std::int64_t j = 0; j < seq; ++j) {
-          for (std::int64_t d = 0; d < qk_dim; ++d) dk[qk_base + j * qk_row + d] = T(A(scale) * dk_acc[j * qk_dim + d]);
-          for (std::int64_t d = 0; d < v_dim; ++d) dv[v_base + j * v_row + d] = T(dv_acc[j * v_dim + d]);
+          for (std::int64_t d = 0; d < qk_dim; ++d) dk[qk_base + j * qk_row + d] = T(A(scale) * dk_acc[n(j * qk_dim + d)]);
+          for (std::int64_t d = 0; d < v_dim; ++d) dv[v_base + j * v_row + d] = T(dv_acc[n(j * v_dim + d)]);
         }
       }
   }
@@ -214,8 +251,7 @@ void mla_decode_attention(host&, T* o_lat, const T* q_lat, const T* q_pe, const 
           A sum = 0;
           for (std::int64_t t = 0; t <= last; ++t) sum += p[t] = std::exp(p[t] - mx);
           for (auto& a : acc) a = 0;
-          for (std::int64_t t = 0; t <= last; ++t)
-            for (std::int64_t d = 0; d < kv_lora; ++d) acc[d] += p[t] * A(c_b[t * kv_lora + d]);
+          for (std::int64_t t = 0; t <= last; ++t) detail::axpy(acc.data(), p[t], c_b + t * kv_lora, kv_lora);
           for (std::int64_t d = 0; d < kv_lora; ++d) o_lat[row * kv_lora + d] = T(acc[d] / sum);
         }
       }
