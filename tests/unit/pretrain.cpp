@@ -11,7 +11,8 @@
 //  - a non-finite loss skips the step (no update), is counted and logged; N in a row stop training with
 //    the message naming the last good checkpoint, which stays loadable; a good step resets the count;
 //  - metrics.jsonl holds the required keys per step; metrics.svg is well-formed XML with the curves;
-//  - a resume with options that change the arithmetic is refused.
+//  - a resume with options that change the arithmetic is refused; a checkpoint from before the ramp and
+//    the γ stop existed resumes with them off.
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -560,5 +561,36 @@ TEST_CASE("pretrain: a resume with other arithmetic is refused, naming the optio
                                                           Catch::Contains("gamma_stop_tokens: checkpoint 0, now 50"));
   run_objects none(base_options(fresh_dir("empty"), 2));
   CHECK_THROWS_WITH(none.trainer.resume(), Catch::Contains("--resume: no checkpoint in"));
+  fs::remove_all(dir);
+}
+
+TEST_CASE("pretrain: a checkpoint written before the batch ramp and the gamma stop existed resumes", "[unit]") {
+  const fs::path dir = fresh_dir("older");
+  {
+    run_objects r(base_options(dir, 1));
+    r.trainer.start();
+    r.trainer.run();
+  }
+  // The trainer state as the older trainer wrote it: without the options added later.
+  const fs::path state = *dsx::find_checkpoint(dir) / "trainer_state.json";
+  nlohmann::json j = nlohmann::json::parse(std::ifstream(state));
+  for (const char* key : {"batch_ramp_start", "batch_ramp_tokens", "gamma_stop_tokens"}) {
+    REQUIRE(j["options"].contains(key));
+    j["options"].erase(key);
+  }
+  std::ofstream(state) << j.dump(2);
+  {
+    auto ramp = base_options(dir, 2);
+    ramp.batch_ramp_start = 2;
+    ramp.batch_ramp_tokens = 100;
+    run_objects r(ramp);  // the missing options count as 0, which this run changes
+    CHECK_THROWS_WITH(r.trainer.resume(), Catch::Contains("batch_ramp_start: checkpoint 0, now 2"));
+  }
+  run_objects r(base_options(dir, 2));
+  r.trainer.resume();
+  r.trainer.run();
+  const nlohmann::json after = nlohmann::json::parse(std::ifstream(*dsx::find_checkpoint(dir) / "trainer_state.json"));
+  CHECK(after["step"] == 2);
+  CHECK(after["options"]["gamma_stop_tokens"] == 0);  // the new checkpoint names every option
   fs::remove_all(dir);
 }

@@ -114,6 +114,12 @@ struct pretrain_options {
     return gamma_stop_tokens > 0 && tokens_seen >= gamma_stop_tokens ? 0.0 : gamma;
   }
 
+  // The arithmetic options added after the first checkpoints were written, each with the value that does
+  // what the older trainer did. A checkpoint that lacks one resumes as if it held that value.
+  static nlohmann::json arithmetic_added_later() {
+    return {{"batch_ramp_start", 0}, {"batch_ramp_tokens", 0}, {"gamma_stop_tokens", 0}};
+  }
+
   // The options that determine the arithmetic of a run (a resumed run must match them).
   nlohmann::json arithmetic() const {
     return {{"batch", batch},
@@ -185,11 +191,15 @@ class pretrainer {
     const auto dir = find_checkpoint(options_.out);
     require(dir.has_value(), "pretrain: --resume: no checkpoint in '" + options_.out.string() +
                                  "' (expected " + checkpoint_path(options_.out).string() + ")");
-    const trainer_state saved = read_trainer_state(*dir);
-    const std::string differences = option_differences(saved.options, options_.arithmetic());
+    nlohmann::json saved = read_trainer_state(*dir).options;
+    const nlohmann::json added_later = pretrain_options::arithmetic_added_later();
+    for (const auto& [key, value] : added_later.items())
+      if (!saved.contains(key)) saved[key] = value;
+    const std::string differences = option_differences(saved, options_.arithmetic());
     require(differences.empty(), "pretrain: --resume from " + dir->string() +
                                      " with options that change the arithmetic:" + differences);
     state_ = load_checkpoint(*dir, model_, optimizer_);
+    state_.options = options_.arithmetic();  // the next checkpoint names every option
     loader_.seek(state_.loader);
     metrics_.emplace(options_.out / "metrics.jsonl", state_.step);
   }
