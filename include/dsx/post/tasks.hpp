@@ -433,10 +433,12 @@ inline task_problem nim_problem(std::vector<int> piles) {
   return p;
 }
 
+// 2 or 3 piles of 0..7 objects with a non-zero nim-sum (504 positions). Empty piles are drawn too: a game
+// (play_nim) keeps emptied piles in its questions, so a policy trained without them meets them first there.
 inline task_problem nim_random_problem(draw& r) {
   for (;;) {
     std::vector<int> piles(static_cast<std::size_t>(r.between(2, 3)));
-    for (int& v : piles) v = r.between(1, 7);
+    for (int& v : piles) v = r.between(0, 7);
     if (nim_sum(piles) != 0) return nim_problem(std::move(piles));
   }
 }
