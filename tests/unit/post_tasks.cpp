@@ -224,7 +224,7 @@ TEST_CASE("problems: ranges, disjoint splits, determinism", "[post][tasks]") {
             break;
           case task_kind::nim:
             CHECK((n.size() == 2 || n.size() == 3));
-            CHECK(std::all_of(n.begin(), n.end(), [](int v) { return v >= 0 && v <= 7; }));
+            CHECK(std::all_of(n.begin(), n.end(), [](int v) { return v >= 1 && v <= 7; }));
             CHECK(std::accumulate(n.begin(), n.end(), 0, [](int a, int b) { return a ^ b; }) != 0);
             break;
         }
@@ -233,7 +233,7 @@ TEST_CASE("problems: ranges, disjoint splits, determinism", "[post][tasks]") {
     std::vector<std::string> shared;
     std::set_intersection(train.begin(), train.end(), test.begin(), test.end(), std::back_inserter(shared));
     CHECK(shared.empty());
-    // Variety: nim has 504 positions with a non-zero nim-sum, countdown's small targets repeat (its test
+    // Variety: nim has 343 positions with a non-zero nim-sum, countdown's small targets repeat (its test
     // fifth holds about 4500 questions), addition and sort42 rarely repeat.
     const std::size_t least = k == task_kind::nim ? 30 : k == task_kind::countdown ? 1200 : 1800;
     CHECK(train.size() > least);
@@ -282,15 +282,26 @@ TEST_CASE("play_nim against the perfect opponent", "[post][tasks]") {
   CHECK(garbage.illegal);
   CHECK_FALSE(garbage.won);
   CHECK(garbage.moves == 0);
-  // Taking everything from the only non-empty pile wins at once; piles keep their numbers when empty.
+  // Empty piles leave the question and the piles listed are numbered from 1: taking everything from the
+  // only non-empty pile of {0, 4} is "pile 1", and wins at once.
   std::vector<std::string> seen;
   const nim_game_result one = play_nim({0, 4}, [&](const std::string& q) {
     seen.push_back(q);
-    return std::string("take 4 from pile 2");
+    return std::string("take 4 from pile 1");
   });
   CHECK(one.won);
   CHECK(one.moves == 1);
-  CHECK(seen == std::vector<std::string>{"Nim piles 0 4. Your move?"});
+  CHECK(seen == std::vector<std::string>{"Nim piles 4. Your move?"});
+  // {2, 3}: the policy evens the piles, the opponent takes 1 from the first largest each time, and the
+  // pile the opponent empties drops out of the last question.
+  seen.clear();
+  const nim_game_result game = play_nim({2, 3}, [&](const std::string& q) {
+    seen.push_back(q);
+    return perfect(q);
+  });
+  CHECK(game.won);
+  CHECK(game.moves == 5);
+  CHECK(seen == std::vector<std::string>{"Nim piles 2 3. Your move?", "Nim piles 1 2. Your move?", "Nim piles 1. Your move?"});
 
   CHECK_THAT(error_of([&] { play_nim({}, naive); }), Contains("at least one pile"));
   CHECK_THAT(error_of([&] { play_nim({0, 0}, naive); }), Contains("at least one object"));

@@ -433,12 +433,11 @@ inline task_problem nim_problem(std::vector<int> piles) {
   return p;
 }
 
-// 2 or 3 piles of 0..7 objects with a non-zero nim-sum (504 positions). Empty piles are drawn too: a game
-// (play_nim) keeps emptied piles in its questions, so a policy trained without them meets them first there.
+// 2 or 3 piles of 1..7 objects with a non-zero nim-sum (343 positions).
 inline task_problem nim_random_problem(draw& r) {
   for (;;) {
     std::vector<int> piles(static_cast<std::size_t>(r.between(2, 3)));
-    for (int& v : piles) v = r.between(0, 7);
+    for (int& v : piles) v = r.between(1, 7);
     if (nim_sum(piles) != 0) return nim_problem(std::move(piles));
   }
 }
@@ -622,9 +621,10 @@ struct nim_game_result {
 };
 
 // Plays nim from `piles` (non-negative, at least one object), the policy first. Each turn the policy gets
-// nim_question(piles) (piles already emptied stay in the list, so pile numbers never change) and answers
-// with a response whose answer_part's final line is read as "take K from pile P"; an unparseable or
-// illegal move loses. The opponent is perfect: it moves to nim-sum 0 when it can, else takes 1 from the
+// the nim_question of the non-empty piles in their order (an emptied pile leaves the question, as in the
+// problems, which never hold one; pile P of the answer is the P-th pile listed) and answers with a
+// response whose answer_part's final line is read as "take K from pile P"; an unparseable or illegal move
+// loses. The opponent is perfect: it moves to nim-sum 0 when it can, else takes 1 from the
 // largest pile (the first one on a tie). Whoever takes the last object wins, so from a position with a
 // non-zero nim-sum a perfect policy always wins.
 inline nim_game_result play_nim(std::vector<int> piles, const std::function<std::string(const std::string&)>& policy) {
@@ -634,14 +634,23 @@ inline nim_game_result play_nim(std::vector<int> piles, const std::function<std:
   const auto empty = [&] { return std::all_of(piles.begin(), piles.end(), [](int p) { return p == 0; }); };
   require(!empty(), "play_nim: expected at least one object on the piles, found " + td::nim_question(piles));
   nim_game_result result;
+  std::vector<std::size_t> listed;  // the indices of the non-empty piles, in order
+  std::vector<int> shown;           // their sizes: the position the policy sees
   for (;;) {
-    const std::string response = policy(td::nim_question(piles));
+    listed.clear();
+    shown.clear();
+    for (std::size_t i = 0; i < piles.size(); ++i)
+      if (piles[i] > 0) {
+        listed.push_back(i);
+        shown.push_back(piles[i]);
+      }
+    const std::string response = policy(td::nim_question(shown));
     const std::optional<td::nim_move> m = td::parse_nim_move(td::final_line(answer_part(response)));
-    if (!m || !td::nim_legal(piles, *m)) {
+    if (!m || !td::nim_legal(shown, *m)) {
       result.illegal = true;
       return result;
     }
-    piles[static_cast<std::size_t>(m->pile - 1)] -= m->take;
+    piles[listed[static_cast<std::size_t>(m->pile - 1)]] -= m->take;
     ++result.moves;
     if (empty()) {
       result.won = true;
