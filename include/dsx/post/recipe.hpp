@@ -78,8 +78,8 @@ inline nlohmann::json default_recipe() {
           {"rejection", {{"prompts", 256}, {"samples", 4}, {"temperature", 0.7}, {"sft", sft(6, 3e-4)}}},
           {"reward_model", {{"steps", 60}, {"batch", 16}, {"lr", 1e-3}, {"held_out", 0.2}}},
           {"rl_all", rl(20, 8, 0.7, 3e-5, 1.0, 0.5)},
-          {"student", {{"pretrain_steps", 450}}},
-          {"distill", {{"prompts", 512}, {"samples", 2}, {"temperature", 0.7}, {"logit_weight", 0.5},
+          {"student", {{"pretrain_steps", 1400}}},
+          {"distill", {{"prompts", 1024}, {"samples", 4}, {"temperature", 0.7}, {"logit_weight", 0.0},
                        {"kl_temperature", 1.0}, {"sft", sft(6, 3e-4)}}}};
 }
 
