@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """CPU training benchmark: dsx against an eager PyTorch implementation of the same model and step.
 
-In one run, each with the same number of threads:
+In one run, each with the same number of threads, repeated in --rounds interleaved rounds (the machine may be
+shared, so one measurement can be off by tens of percent):
   1. the f32 GEMM peak that model-FLOP utilisation (MFU) is measured against: `dsx-bench-small bench sgemm`,
      or torch.mm (benchmarks/pytorch/sgemm_peak.py) when the dsx tool is missing; torch.mm's peak is
      measured as well and shown for reference;
@@ -111,13 +112,15 @@ def main():
                     help="CMake build folder holding examples/dsx-bench-small (default: build)")
     ap.add_argument("--steps", type=int, default=10, help="timed training steps of each implementation")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="interleaved rounds of all measurements; the table shows each side's median round")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out-dir", type=Path, default=HERE / "results")
     ap.add_argument("--machine", help="file name of the results (default: CPU model and core count)")
     args = ap.parse_args()
-    for name in ("steps", "batch", "seq", "threads"):
+    for name in ("steps", "batch", "seq", "threads", "rounds"):
         if getattr(args, name) <= 0:
             ap.error(f"--{name.replace('_', '-')} must be positive, found {getattr(args, name)}")
     if args.warmup < 0:
@@ -138,41 +141,56 @@ def main():
         notes.append(f"dsx-{MODEL} was not found at `{shown(tool)}` (build it with "
                      f"`cmake --build {shown(args.build_dir)} --target dsx-{MODEL}`): PyTorch only.")
 
-    # 1. SGEMM peak
-    out, before, after = run([sys.executable, str(HERE / "pytorch" / "sgemm_peak.py"),
-                              "--threads", str(args.threads)], args.threads)
-    torch_peak = numbers(out, ["sgemm_gflops"], "sgemm_peak.py")["sgemm_gflops"]
-    loads.append(("torch.mm SGEMM peak", before, after))
-    peak, peak_source = torch_peak, "torch.mm, 1024³ f32 A·Bᵀ, best of 5 (no measurement by dsx)"
-    dsx = None
-    if have_tool:
-        try:
-            out, before, after = run([str(tool), "bench", "sgemm", "--threads", str(args.threads)], args.threads)
-            peak = numbers(out, ["sgemm_gflops"], f"dsx-{MODEL} bench sgemm")["sgemm_gflops"]
-            peak_source = f"dsx-{MODEL} bench sgemm (host backend GEMM)"
-            loads.append((f"dsx-{MODEL} bench sgemm", before, after))
-            # 2. dsx training step
-            out, before, after = run([str(tool), "bench", "train", "--threads", str(args.threads),
-                                      "--batch", str(args.batch), "--seq", str(args.seq),
-                                      "--steps", str(args.steps), "--warmup", str(args.warmup)], args.threads)
-            dsx = numbers(out, ["tokens_per_s", "step_ms", "mfu"], f"dsx-{MODEL} bench train")
-            loads.append((f"dsx-{MODEL} bench train", before, after))
-            if "training_flops_per_token" in dsx and int(dsx["training_flops_per_token"]) != flops:
-                notes.append(f"dsx counts {int(dsx['training_flops_per_token'])} training FLOPs per token, this "
-                             f"script {flops}: the MFU of the two columns rests on different counts.")
-        except StepFailed as e:
-            notes.append(f"The dsx benchmark failed, so the table shows PyTorch only. {e}")
-            dsx = None
+    torch_peaks, dsx_peaks, dsx_runs, pt_runs = [], [], [], []
+    dsx_failed = False
+    for round_ in range(1, args.rounds + 1):
+        print(f"== round {round_} of {args.rounds}", flush=True)
+        # 1. SGEMM peak
+        out, before, after = run([sys.executable, str(HERE / "pytorch" / "sgemm_peak.py"),
+                                  "--threads", str(args.threads)], args.threads)
+        torch_peaks.append(numbers(out, ["sgemm_gflops"], "sgemm_peak.py")["sgemm_gflops"])
+        loads.append((f"round {round_}: torch.mm SGEMM peak", before, after))
+        if have_tool and not dsx_failed:
+            try:
+                out, before, after = run([str(tool), "bench", "sgemm", "--threads", str(args.threads)], args.threads)
+                dsx_peaks.append(numbers(out, ["sgemm_gflops"], f"dsx-{MODEL} bench sgemm")["sgemm_gflops"])
+                loads.append((f"round {round_}: dsx-{MODEL} bench sgemm", before, after))
+                # 2. dsx training step
+                out, before, after = run([str(tool), "bench", "train", "--threads", str(args.threads),
+                                          "--batch", str(args.batch), "--seq", str(args.seq),
+                                          "--steps", str(args.steps), "--warmup", str(args.warmup)], args.threads)
+                dsx_runs.append(numbers(out, ["tokens_per_s", "step_ms", "mfu"], f"dsx-{MODEL} bench train"))
+                loads.append((f"round {round_}: dsx-{MODEL} bench train", before, after))
+            except StepFailed as e:
+                notes.append(f"The dsx benchmark failed, so the table shows PyTorch only. {e}")
+                dsx_failed = True
+                dsx_runs = []
 
-    # 3. PyTorch eager step
-    out, before, after = run([sys.executable, str(HERE / "pytorch" / "train_step.py"),
-                              "--batch", str(args.batch), "--seq", str(args.seq), "--steps", str(args.steps),
-                              "--warmup", str(args.warmup), "--threads", str(args.threads)], args.threads)
-    json_lines = [line for line in out.splitlines() if line.startswith("{")]
-    if not json_lines:
-        raise StepFailed("train_step.py: no JSON line in its output")
-    pt = json.loads(json_lines[-1])
-    loads.append(("PyTorch train_step.py", before, after))
+        # 3. PyTorch eager step
+        out, before, after = run([sys.executable, str(HERE / "pytorch" / "train_step.py"),
+                                  "--batch", str(args.batch), "--seq", str(args.seq), "--steps", str(args.steps),
+                                  "--warmup", str(args.warmup), "--threads", str(args.threads)], args.threads)
+        json_lines = [line for line in out.splitlines() if line.startswith("{")]
+        if not json_lines:
+            raise StepFailed("train_step.py: no JSON line in its output")
+        pt_runs.append(json.loads(json_lines[-1]))
+        loads.append((f"round {round_}: PyTorch train_step.py", before, after))
+
+    def median_run(runs):
+        """The run with the median tokens/s (the lower middle one for an even count)."""
+        return sorted(runs, key=lambda r: r["tokens_per_s"])[(len(runs) - 1) // 2]
+
+    # MFU is taken against the highest SGEMM rate any round reached: the machine's peak, not a slow round's.
+    torch_peak = max(torch_peaks)
+    if dsx_peaks:
+        peak, peak_source = max(dsx_peaks), f"dsx-{MODEL} bench sgemm (host backend GEMM), the highest of {len(dsx_peaks)} rounds"
+    else:
+        peak, peak_source = torch_peak, "torch.mm, 1024³ f32 A·Bᵀ, best of 5 (no measurement by dsx)"
+    dsx = median_run(dsx_runs) if dsx_runs else None
+    pt = median_run(pt_runs)
+    if dsx and "training_flops_per_token" in dsx and int(dsx["training_flops_per_token"]) != flops:
+        notes.append(f"dsx counts {int(dsx['training_flops_per_token'])} training FLOPs per token, this "
+                     f"script {flops}: the MFU of the two columns rests on different counts.")
 
     # Results
     def mfu(tokens_per_s):
@@ -197,14 +215,28 @@ def main():
             f"{'met' if ratio >= TARGET_RATIO else 'not met'}); dsx MFU {100 * dsx_mfu:.1f} % "
             f"(target ≥ {100 * TARGET_MFU:.0f} %: {'met' if dsx_mfu >= TARGET_MFU else 'not met'}).",
             "",
-            f"dsx's own report: `tokens_per_s {dsx['tokens_per_s']:.1f}`, `mfu {dsx['mfu']:.3f}`"
+            f"dsx's own report in that round: `tokens_per_s {dsx['tokens_per_s']:.1f}`, `mfu {dsx['mfu']:.3f}`"
             + (f" against the peak it measured after its steps, {dsx['sgemm_gflops']:.1f} GFLOP/s"
                if "sgemm_gflops" in dsx else "") + ".",
         ]
     else:
         summary = ["No dsx column: " + " ".join(notes)]
+    rounds = ["| round | " + (f"dsx tokens/s | dsx MFU | " if dsx_runs else "") + "PyTorch tokens/s | "
+              + ("dsx / PyTorch | dsx SGEMM GFLOP/s | " if dsx_runs else "") + "torch.mm GFLOP/s |",
+              "|---" * (7 if dsx_runs else 3) + "|"]
+    for i in range(args.rounds):
+        cells = [str(i + 1)]
+        if dsx_runs:
+            cells += [f"{dsx_runs[i]['tokens_per_s']:.0f}", f"{100 * mfu(dsx_runs[i]['tokens_per_s']):.1f} %"]
+        cells.append(f"{pt_runs[i]['tokens_per_s']:.0f}")
+        if dsx_runs:
+            cells += [f"{dsx_runs[i]['tokens_per_s'] / pt_runs[i]['tokens_per_s']:.2f}×", f"{dsx_peaks[i]:.1f}"]
+        cells.append(f"{torch_peaks[i]:.1f}")
+        rounds.append("| " + " | ".join(cells) + " |")
     busiest = max(float(load.split()[0]) for _, b, a in loads for load in (b, a))
-    if busiest > cores:
+    # The benchmark's own threads account for up to `threads` of the load average (1-minute decay, so it
+    # carries from one measurement into the next); more than half a core beyond that was someone else's.
+    if busiest > max(cores, args.threads) + 0.5:
         summary += ["", f"**Warning: the 1-minute load average reached {busiest:.2f} on {cores} cores during the "
                         f"run.** Other processes held the cores, so these timings are not comparable with those of "
                         f"an idle machine (a {args.threads}-thread step waits for its threads to be scheduled)."]
@@ -215,7 +247,9 @@ def main():
         "",
         f"Written by `benchmarks/run_cpu_bench.py` on {started}. Model `{MODEL}` "
         f"(`{shown(MODEL_CONFIG)}`), f32, batch {args.batch} × {args.seq} tokens, threads: {args.threads} for "
-        f"each measurement, step time: median of {args.steps} timed steps after {args.warmup} untimed. A step is "
+        f"each measurement, step time: median of {args.steps} timed steps after {args.warmup} untimed, in each of "
+        f"{args.rounds} interleaved rounds; each column shows its implementation's median round (by tokens/s), and "
+        f"MFU is against the highest SGEMM rate of all rounds. A step is "
         f"forward, next-token cross-entropy, backward, gradient clipping to norm 1 and AdamW (lr 1e-3, betas "
         f"0.9/0.95, weight decay 0.1) on random tokens; tokens/s = batch · seq / step time.",
         "",
@@ -223,8 +257,12 @@ def main():
         "",
         *summary,
         "",
+        "Every round (MFU against the same peak):",
+        "",
+        *rounds,
+        "",
         f"SGEMM peak: **{peak:.1f} GFLOP/s** from {peak_source}; torch.mm reaches {torch_peak:.1f} GFLOP/s "
-        f"on the same shape and threads.",
+        f"on the same shape and threads (highest of {len(torch_peaks)} rounds).",
         "",
         "## Model FLOPs per token",
         "",
