@@ -24,9 +24,9 @@
 namespace dsx::backend {
 
 namespace detail {
-// Dot product of two contiguous length-n vectors of storage type T, in A.
-template <class A, class T>
-A dot(const T* a, const T* b, std::int64_t n) {
+// Dot product of two contiguous length-n vectors (storage types T and U), in A.
+template <class A, class T, class U>
+A dot(const T* a, const U* b, std::int64_t n) {
   A s = 0;
 #pragma omp simd reduction(+ : s)
   for (std::int64_t i = 0; i < n; ++i) s += A(a[i]) * A(b[i]);
