@@ -486,6 +486,22 @@ TEST_CASE("score_responses: correct and formatted counts; the vote reads the ans
   CHECK_THAT(error_of([&] { post::score_responses(p, tie, std::vector<double>{-1}); }),
              Contains("expected 4 confidences (one per response), found 1"));
   CHECK_THAT(error_of([&] { post::score_responses(p, {}); }), Contains("at least one response to 'What is 457 + 86?'"));
+  // Countdown: expressions from the same numbers with the same value are one answer. Two correct ones
+  // written differently outvote a single wrong one that the model is surer of.
+  post::task_problem cd;
+  cd.kind = post::task_kind::countdown;
+  cd.question = "Use 3, 7, 5 to make 26 with + - *.";
+  cd.numbers = {3, 7, 5};
+  cd.target = 26;
+  const std::vector<std::string> forms = {"3*7*5", "3*7+5", "<think>\nx\n</think>\n5 + (7*3)"};
+  const post::problem_score f = post::score_responses(cd, forms, std::vector<double>{-0.1, -0.9, -0.9});
+  CHECK(f.correct == 2);
+  CHECK(f.consensus);
+  CHECK(post::answer_key(cd, "3*7+5") == post::answer_key(cd, "5 + (7*3)"));
+  CHECK(post::answer_key(cd, "3*7+5") != post::answer_key(cd, "3*7+5+0"));  // other numbers
+  CHECK(post::answer_key(cd, "3*7+5") != post::answer_key(cd, "3*7-5"));    // another value
+  CHECK(post::answer_key(cd, "twenty-six") == "twenty-six");              // not an expression: the line
+  CHECK(post::answer_key(p, "543") == "543");
   post::completion c;
   CHECK(post::mean_logprob(c) == 0.0);
   c.logprobs = {-1.0, -2.0, -3.0};

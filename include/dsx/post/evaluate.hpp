@@ -4,7 +4,8 @@
 //   pass@1  = mean over problems of (correct samples / k)            (R1 §3: pass@1 = (1/k) Σ p_i)
 //   cons@k  = mean over problems of [the majority answer is correct] (self-consistency: the k answers vote;
 //             an answer is the final line of the answer part, what verify reads, so that responses which
-//             reason differently but answer the same agree; a tie goes to the answer the model is surest
+//             reason differently but answer the same agree, and countdown expressions of the same numbers
+//             and value are one answer (answer_key in post/tasks.hpp); a tie goes to the answer the model is surest
 //             of, the one with the highest mean per-token log-probability over its samples, and without
 //             those numbers to the answer seen first)
 //   format  = fraction of samples in the <think>…</think> answer format
@@ -68,7 +69,7 @@ inline problem_score score_responses(const task_problem& p, std::span<const std:
     verdict v = verify(p, responses[i]);
     out.correct += v.correct;
     out.formatted += v.formatted;
-    const std::string answer(task_detail::final_line(v.answer));
+    const std::string answer = answer_key(p, task_detail::final_line(v.answer));
     auto it = std::find_if(votes.begin(), votes.end(), [&](const vote& e) { return e.answer == answer; });
     if (it == votes.end()) it = votes.insert(votes.end(), vote{answer, 0, 0, v.correct});
     ++it->count;

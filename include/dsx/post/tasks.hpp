@@ -602,6 +602,22 @@ inline verdict verify(const task_problem& problem, std::string_view response) {
   return v;
 }
 
+// The answer a response's final line gives, as votes compare answers (cons@k, post/evaluate.hpp): the line
+// itself, except that countdown expressions using the same numbers (as a multiset) and reaching the same
+// value are one answer whatever their order and parentheses ("3*7+5" and "5+7*3"), as math answers are
+// compared after normalisation. verify() reads no more than this key, so two responses with the same key
+// are both correct or both wrong.
+inline std::string answer_key(const task_problem& problem, std::string_view line) {
+  if (problem.kind == task_kind::countdown)
+    if (std::optional<task_detail::expression_parser::result> e = task_detail::expression_parser::parse(line)) {
+      std::sort(e->numbers.begin(), e->numbers.end());
+      std::string key = "value " + std::to_string(e->value) + " from";
+      for (const int x : e->numbers) key += " " + std::to_string(x);
+      return key;
+    }
+  return std::string(line);
+}
+
 // R1's rule reward: accuracy·correct + format·formatted + language·language fraction.
 struct reward_weights {
   double accuracy = 1.0, format = 1.0, language = 0.0;
