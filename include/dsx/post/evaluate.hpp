@@ -5,9 +5,9 @@
 //   cons@k  = mean over problems of [the majority answer is correct] (self-consistency: the k answers vote;
 //             an answer is the final line of the answer part, what verify reads, so that responses which
 //             reason differently but answer the same agree, and countdown expressions of the same numbers
-//             and value are one answer (answer_key in post/tasks.hpp); a tie goes to the answer the model is surest
-//             of, the one with the highest mean per-token log-probability over its samples, and without
-//             those numbers to the answer seen first)
+//             and value are one answer (answer_key in post/tasks.hpp); a tie goes to the answer the model
+//             is surest of, the one with the highest mean per-token log-probability over its samples, and
+//             without those numbers to the answer seen first)
 //   format  = fraction of samples in the <think>…</think> answer format
 // Sampling defaults follow R1's evaluation (temperature 0.6, top-p 0.95).
 #pragma once
