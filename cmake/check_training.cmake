@@ -1,10 +1,16 @@
 # CTest script: pre-training end to end through a dsx-<model> tool on the built-in corpus.
-#   cmake -DTOOL=<dsx-model> -DWORK=<scratch folder> -DMAX_FINAL_LOSS=<nats> -P check_training.cmake
-# Runs 100 steps straight and 50 + 50 steps with --resume, then requires: the last loss is below
-# MAX_FINAL_LOSS and below the first, the balance loss and max load ratio are present and finite, and the
-# resumed run's losses equal the straight run's at every step (bit-identical JSON numbers).
+#   cmake -DTOOL=<dsx-model> -DWORK=<scratch folder> -DMAX_FINAL_LOSS=<nats> [-DPRECISION=f32|bf16]
+#         -P check_training.cmake
+# Runs 100 steps straight and 50 + 50 steps with --resume in --precision PRECISION (f32 by default), then
+# requires: the last loss is below MAX_FINAL_LOSS and below the first, the balance loss and max load ratio
+# are present and finite, the resumed run's losses equal the straight run's at every step (bit-identical
+# JSON numbers), and the checkpoint records the policy's storage types (bf16: BF16 weights, F32 master
+# weights).
 file(REMOVE_RECURSE "${WORK}")
-set(flags --lr 3e-3 --warmup 10 --decay 90 --mtp-switch-step 70 --batch 4 --seq 32 --seed 5)
+if(NOT DEFINED PRECISION)
+  set(PRECISION f32)
+endif()
+set(flags --lr 3e-3 --warmup 10 --decay 90 --mtp-switch-step 70 --batch 4 --seq 32 --seed 5 --precision ${PRECISION})
 
 function(run)
   execute_process(COMMAND "${TOOL}" train ${ARGN} ${flags} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
@@ -51,4 +57,17 @@ endforeach()
 if(NOT (last LESS first AND last LESS MAX_FINAL_LOSS))  # numeric comparisons
   message(FATAL_ERROR "the loss did not fall below ${MAX_FINAL_LOSS}: first ${first}, last ${last}")
 endif()
-message(STATUS "loss ${first} -> ${last}; balance_loss ${balance}; max_load_ratio ${ratio}; resume bit-identical")
+file(READ "${WORK}/resumed/checkpoint/trainer_state.json" state)
+string(JSON param_dtype GET "${state}" param_dtype)
+string(JSON master_dtype GET "${state}" master_dtype)
+if(PRECISION STREQUAL "bf16")
+  set(expected "BF16/F32")
+else()
+  set(expected "F32/none")
+endif()
+if(NOT "${param_dtype}/${master_dtype}" STREQUAL expected)
+  message(FATAL_ERROR "--precision ${PRECISION}: the checkpoint holds weights/master ${param_dtype}/${master_dtype}, "
+                      "expected ${expected}")
+endif()
+message(STATUS "${PRECISION}: loss ${first} -> ${last}; balance_loss ${balance}; max_load_ratio ${ratio}; "
+               "resume bit-identical; weights/master ${param_dtype}/${master_dtype}")

@@ -46,12 +46,13 @@ int info(const char* name, std::int64_t seq) {
   fmt::print("training_flops_per_token {}\n", f.training());
   fmt::print("memory plan (weights + grads + master + moments):\n");
   auto row = [](const char* policy, const memory_plan& m) {
-    fmt::print("  {:8} weights {}  grads {}  master {}  moments {}  total {}\n", policy, human_bytes(m.weights), human_bytes(m.grads),
+    fmt::print("  {:11} weights {}  grads {}  master {}  moments {}  total {}\n", policy, human_bytes(m.weights), human_bytes(m.grads),
                human_bytes(m.master), human_bytes(m.moments), human_bytes(m.total()));
   };
   row("f32", plan_memory(C, precision::f32));
   row("bf16", plan_memory(C, precision::bf16));
   row("bf16_v3", plan_memory(C, precision::bf16_v3));
+  row("bf16_master", plan_memory(C, precision::bf16_master));
   return 0;
 }
 

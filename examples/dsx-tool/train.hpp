@@ -1,4 +1,6 @@
-// `train`: pre-training of the compiled model (train/pretrain.hpp), f32 on the host backend.
+// `train`: pre-training of the compiled model (train/pretrain.hpp) on the host backend, in f32
+// (precision::f32) or with --precision bf16 (precision::bf16_master: bf16 weights, activations and
+// gradients, f32 master weights and AdamW moments).
 //
 //   dsx-<model> train [--data PATH] --steps N --out DIR [--resume] [options]
 //
@@ -59,6 +61,7 @@ inline std::vector<std::filesystem::path> text_inputs(const std::filesystem::pat
 
 struct train_args {
   std::string data, out, tokenizer;
+  std::string precision = "f32";
   bool resume = false, no_shuffle = false;
   pretrain_options options;
   std::int64_t warmup = -1, decay = -1, mtp_switch = -1;  // -1: derived from --steps
@@ -79,6 +82,10 @@ inline void add_train_flags(CLI::App& cmd, train_args& a, std::int64_t max_posit
   cmd.add_option("--steps", o.steps, "train until this many steps are done")->required()->check(CLI::NonNegativeNumber);
   cmd.add_option("--out", a.out, "output folder: metrics.jsonl, metrics.svg, checkpoint/")->required();
   cmd.add_flag("--resume", a.resume, "continue from DIR/checkpoint (bit-identical to an uninterrupted run)");
+  cmd.add_option("--precision", a.precision,
+                 "f32, or bf16: bf16 weights, activations and gradients with f32 master weights and AdamW moments "
+                 "(a resumed run needs the precision it was started with)")
+      ->capture_default_str()->check(CLI::IsMember({"f32", "bf16"}));
   cmd.add_option("--batch", o.batch, "sequences per step (after the batch ramp)")
       ->capture_default_str()->check(CLI::PositiveNumber);
   cmd.add_option("--batch-ramp-start", o.batch_ramp_start,
@@ -123,6 +130,31 @@ inline void add_train_flags(CLI::App& cmd, train_args& a, std::int64_t max_posit
              "--resume, give them explicitly as the first run used them.");
 }
 
+// Builds the model of type Model and runs (or resumes) the pre-training of `train` below.
+template <class Model>
+int run_pretraining(const train_args& a, const pretrain_options& o, packed_loader& loader) {
+  backend::host be;
+  auto model = std::make_unique<Model>(be, o.batch / o.micro_batches, o.seq + 1);
+  pretrainer<Model> trainer(*model, loader, o);
+  if (a.resume) {
+    trainer.resume();
+    fmt::print("resuming at step {} from {}\n", trainer.state().step, find_checkpoint(o.out)->string());
+  } else {
+    init_weights(*model, o.seed, a.init_std);
+    trainer.start();
+  }
+  const auto steps = trainer.run();
+  const trainer_state& s = trainer.state();
+  if (!steps.empty()) {
+    const step_result& last = steps.back();
+    fmt::print("step {} loss {:.4f} lm_loss {:.4f} mtp_loss {:.4f} lr {:.3g} tokens {} skipped {}\n", last.step, last.loss,
+               last.lm_loss, last.mtp_loss, last.lr, s.tokens, s.skipped);
+  }
+  fmt::print("checkpoint {}\nmetrics {}\nplot {}\n", checkpoint_path(o.out).string(), (o.out / "metrics.jsonl").string(),
+             (o.out / "metrics.svg").string());
+  return 0;
+}
+
 template <model_config C>
 int train(train_args a) {
   set_threads(a.threads);
@@ -158,27 +190,8 @@ int train(train_args a) {
   packed_loader loader(std::move(shards), loader_options{.batch = o.batch / o.micro_batches, .sequence_length = o.seq,
                                                          .seed = o.seed, .shuffle = !a.no_shuffle, .model_vocab = C.vocab});
 
-  using model_t = transformer<C, precision::f32, backend::host>;
-  backend::host be;
-  auto model = std::make_unique<model_t>(be, o.batch / o.micro_batches, o.seq + 1);
-  pretrainer<model_t> trainer(*model, loader, o);
-  if (a.resume) {
-    trainer.resume();
-    fmt::print("resuming at step {} from {}\n", trainer.state().step, find_checkpoint(o.out)->string());
-  } else {
-    init_weights(*model, o.seed, a.init_std);
-    trainer.start();
-  }
-  const auto steps = trainer.run();
-  const trainer_state& s = trainer.state();
-  if (!steps.empty()) {
-    const step_result& last = steps.back();
-    fmt::print("step {} loss {:.4f} lm_loss {:.4f} mtp_loss {:.4f} lr {:.3g} tokens {} skipped {}\n", last.step, last.loss,
-               last.lm_loss, last.mtp_loss, last.lr, s.tokens, s.skipped);
-  }
-  fmt::print("checkpoint {}\nmetrics {}\nplot {}\n", checkpoint_path(o.out).string(), (o.out / "metrics.jsonl").string(),
-             (o.out / "metrics.svg").string());
-  return 0;
+  if (a.precision == "bf16") return run_pretraining<transformer<C, precision::bf16_master, backend::host>>(a, o, loader);
+  return run_pretraining<transformer<C, precision::f32, backend::host>>(a, o, loader);
 }
 
 }  // namespace dsx::tool

@@ -1,5 +1,5 @@
-// add_into and copy_rows on the GPU (backend/cuda/tensor_ops.cuh) against the host backend, aligned and
-// misaligned buffers, padded strides whose padding must stay untouched.
+// add_into, copy_rows and convert_copy on the GPU (backend/cuda/tensor_ops.cuh) against the host
+// backend, aligned and misaligned buffers, padded strides whose padding must stay untouched.
 #include "gpu_test.cuh"
 
 #include "dsx/backend/cuda/tensor_ops.cuh"
@@ -44,5 +44,42 @@ TEMPLATE_TEST_CASE("cuda copy_rows matches the host and leaves padding alone", "
     copy_rows(hb, y.data(), ys, x.data(), xs, rows, cols);
     const auto got = dy.download();
     check_close("y", got, y, 0.0);  // a copy is exact; NaN padding must stay NaN
+  }
+}
+
+TEST_CASE("cuda convert_copy matches the host bit for bit, widening and rounding", "[gpu]") {
+  cuda_backend be;
+  host hb;
+  for (const std::int64_t n : {1, 7, 1000, (1 << 20) + 3}) {
+    INFO("n=" << n);
+    const auto wide = random_values<float>(std::size_t(n), std::uint64_t(n));
+    device_array<float> dwide(be, wide);
+    device_array<bf16> dnarrow(be, std::size_t(n));
+    convert_copy(be, dnarrow.get(), dwide.get(), n);  // f32 -> bf16: round to nearest even
+    std::vector<bf16> narrow(static_cast<std::size_t>(n));
+    convert_copy(hb, narrow.data(), wide.data(), n);
+    check_close("bf16", dnarrow.download(), narrow, 0.0);
+    device_array<float> dback(be, std::size_t(n));
+    convert_copy(be, dback.get(), dnarrow.get(), n);  // bf16 -> f32: exact
+    std::vector<float> back(static_cast<std::size_t>(n));
+    convert_copy(hb, back.data(), narrow.data(), n);
+    check_close("f32", dback.download(), back, 0.0);
+  }
+}
+
+TEMPLATE_TEST_CASE("cuda sum_squares matches the host and propagates NaN", "[gpu]", float, double, bf16) {
+  using T = TestType;
+  cuda_backend be;
+  host hb;
+  for (const std::int64_t n : {1, 7, 1000, (1 << 20) + 3, 40'000'000}) {
+    INFO("n=" << n);
+    auto x = random_values<T>(std::size_t(n), std::uint64_t(n) + 5);
+    device_array<T> dx(be, x);
+    const double got = sum_squares(be, dx.get(), n), want = sum_squares(hb, x.data(), n);
+    CHECK(got == Approx(want).epsilon(1e-12));  // both in f64; only the order of the additions differs
+    CHECK(sum_squares(be, dx.get(), n) == got);  // deterministic
+    x[std::size_t(n / 2)] = dsx::convert<T>(std::nan(""));
+    dx.upload(x);
+    CHECK(std::isnan(sum_squares(be, dx.get(), n)));
   }
 }

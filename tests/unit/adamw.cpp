@@ -114,6 +114,64 @@ TEST_CASE("adamw: bf16 parameters and moments round once from the f32 update", "
   }
 }
 
+TEST_CASE("adamw: untrained ranges are left as they are", "[unit]") {
+  const adamw_params hp{.lr = 0.1, .step = 1};
+  std::vector<float> m(4, 0.0f), v(4, 0.0f);
+  const auto p = step<float>({1, 2, 3, 4}, {0.5, 0.5, 0.5, 0.5}, m, v, hp,
+                             {{0, 1, true, true}, {1, 3, false, false}, {3, 4, false, true}});
+  CHECK(p[0] < 1);  // trained: moved
+  CHECK((p[1] == 2 && p[2] == 3 && m[1] == 0 && v[2] == 0));
+  CHECK(p[3] < 4);
+}
+
+TEST_CASE("adamw: the master copy takes the f32 update and the bf16 parameters its rounding", "[unit]") {
+  // Master weights bf16 cannot hold; bf16 gradients; three elements trained (two decayed), one not:
+  // the routing bias, whose parameter moved outside the optimizer (3.0 while the master holds 0.5).
+  const std::vector<decay_range> ranges{{0, 2, true, true}, {2, 3, false, true}, {3, 4, false, false}};
+  const std::vector<float> master0{0.7001f, -1.3337f, 2.0049f, 0.5f};
+  const std::vector<float> g0{0.25f, -0.0078125f, 2.0f, 0.0f};
+  std::vector<bf16> params, grads;
+  for (std::size_t i = 0; i < 4; ++i) {
+    params.push_back(bf16(master0[i]));
+    grads.push_back(bf16(g0[i]));
+  }
+  params[3] = bf16(3.0f);
+  std::vector<float> master = master0, m{0.01f, 0.002f, -0.1f, 0.0f}, v{1e-3f, 2e-5f, 0.5f, 0.0f};
+  // The same step in f32 on the master's values.
+  std::vector<float> m_ref = m, v_ref = v;
+  const std::vector<float> ref = step<float>(master0, g0, m_ref, v_ref, {.lr = 1e-3, .step = 2}, ranges);
+  host hb;
+  adamw_update_master(hb, master.data(), params.data(), grads.data(), m.data(), v.data(), 4, {.lr = 1e-3, .step = 2},
+                      ranges.data(), 3);
+  for (std::size_t i = 0; i < 3; ++i) {
+    INFO("element " << i);
+    CHECK(master[i] == ref[i]);
+    CHECK(params[i].bits == bf16(ref[i]).bits);
+    CHECK((m[i] == m_ref[i] && v[i] == v_ref[i]));
+  }
+  CHECK(float(params[3]) == 3.0f);  // the untrained element is left alone
+  CHECK((master[3] == 0.5f && m[3] == 0 && v[3] == 0));
+}
+
+TEST_CASE("adamw: updates below bf16's resolution accumulate in the master and vanish without one", "[unit]") {
+  // A constant gradient moves a weight by about lr per step (m̂ / √v̂ = 1). At 1.0, bf16 holds steps of
+  // 2⁻⁷, so 200 steps of lr = 1e-4 round away one by one in bf16 but add up to 0.02 in the master.
+  const std::vector<decay_range> ranges{{0, 1, false, true}};
+  std::vector<bf16> plain{bf16(1.0f)}, with_master{bf16(1.0f)};
+  const std::vector<bf16> g{bf16(1.0f)};
+  std::vector<float> master{1.0f}, m1{0}, v1{0}, m2{0}, v2{0};
+  host hb;
+  for (std::int64_t t = 1; t <= 200; ++t) {
+    const adamw_params hp{.lr = 1e-4, .weight_decay = 0, .step = t};
+    adamw_update(hb, plain.data(), g.data(), m1.data(), v1.data(), 1, hp, ranges.data(), 1);
+    adamw_update_master(hb, master.data(), with_master.data(), g.data(), m2.data(), v2.data(), 1, hp, ranges.data(), 1);
+  }
+  CHECK(float(plain[0]) == 1.0f);
+  CHECK(master[0] == Approx(0.98).epsilon(1e-4));
+  CHECK(float(with_master[0]) == float(bf16(master[0])));
+  CHECK(float(with_master[0]) < 0.985f);
+}
+
 TEST_CASE("adamw: bad hyperparameters and decay ranges are rejected", "[unit]") {
   std::vector<float> p(4, 1.0f), g(4, 0.5f), m(4, 0.0f), v(4, 0.0f);
   host hb;

@@ -43,6 +43,8 @@ namespace {
 
 constexpr dsx::model_config tiny = dsx::test::tiny_mtp;
 using model_t = dsx::transformer<tiny, dsx::precision::f32, dsx::backend::host>;
+// bf16 weights, activations and gradients with the optimizer's f32 master copy.
+using master_model_t = dsx::transformer<tiny, dsx::precision::bf16_master, dsx::backend::host>;
 
 constexpr std::int64_t seq = 7;
 
@@ -77,19 +79,21 @@ dsx::pretrain_options base_options(const fs::path& out, std::int64_t steps) {
 }
 
 // A fresh model, loader and trainer, as a new process would build them.
-struct run_objects {
+template <class Model>
+struct run_objects_of {
   dsx::backend::host be;
-  model_t model;
+  Model model;
   dsx::packed_loader loader;
-  dsx::pretrainer<model_t> trainer;
+  dsx::pretrainer<Model> trainer;
 
-  explicit run_objects(const dsx::pretrain_options& o)
+  explicit run_objects_of(const dsx::pretrain_options& o)
       : model(be, o.batch / o.micro_batches, o.seq + 1),
         loader({make_shard()}, dsx::loader_options{.batch = o.batch / o.micro_batches, .sequence_length = o.seq, .seed = o.seed}),
         trainer(model, loader, o) {
     dsx::init_weights(model, o.seed, 0.3);
   }
 };
+using run_objects = run_objects_of<model_t>;
 
 fs::path fresh_dir(const std::string& name) {
   const fs::path p = fs::temp_directory_path() / ("dsx-pretrain-test-" + std::to_string(::getpid()) + "-" + name);
@@ -97,24 +101,37 @@ fs::path fresh_dir(const std::string& name) {
   return p;
 }
 
-std::vector<float> all_params(model_t& m) { return {m.param_data(), m.param_data() + m.params().size()}; }
-std::vector<float> moments(dsx::pretrainer<model_t>& t) {
-  auto& opt = t.optimizer();
-  return {opt.m(), opt.m() + 2 * opt.size()};  // m then v, adjacent
+// Values widened to double (exactly), so that bf16 buffers compare bit for bit too.
+template <class T>
+std::vector<double> widen(const T* x, std::int64_t n) {
+  std::vector<double> out(static_cast<std::size_t>(n));
+  for (std::size_t i = 0; i < out.size(); ++i) out[i] = dsx::convert<double>(x[i]);
+  return out;
 }
 
-std::vector<float> routing_biases(model_t& m) {
-  std::vector<float> out;
+template <class Model>
+std::vector<double> all_params(Model& m) { return widen(m.param_data(), m.params().size()); }
+template <class Model>
+std::vector<double> moments(dsx::pretrainer<Model>& t) {
+  auto& opt = t.optimizer();
+  return widen(opt.m(), 2 * opt.size());  // m then v, adjacent
+}
+
+template <class Model>
+std::vector<double> routing_biases(Model& m) {
+  std::vector<double> out;
   for (int l : m.moe_layers()) {
     const auto b = m.get_param(*m.params().find(param_kind::router_bias, l));
-    out.insert(out.end(), b.begin(), b.end());
+    const auto wide = widen(b.data(), std::int64_t(b.size()));
+    out.insert(out.end(), wide.begin(), wide.end());
   }
   return out;
 }
 
 // Runs base_options (with `adjust` applied) for 4 steps straight and as 2 steps + checkpoint + fresh
-// objects + resume + 2 steps, and checks that both give the same steps, weights, moments, counters and
-// metrics, bit for bit. Returns the straight run's steps.
+// objects + resume + 2 steps, and checks that both give the same steps, weights, moments (and master
+// weights), counters and metrics, bit for bit. Returns the straight run's steps.
+template <class Model = model_t>
 std::vector<dsx::step_result> check_exact_resume(const std::string& name,
                                                  const std::function<void(dsx::pretrain_options&)>& adjust) {
   const fs::path straight_dir = fresh_dir(name + "-straight"), resumed_dir = fresh_dir(name + "-resumed");
@@ -124,17 +141,17 @@ std::vector<dsx::step_result> check_exact_resume(const std::string& name,
     return o;
   };
 
-  run_objects straight(options(straight_dir, 4));
+  run_objects_of<Model> straight(options(straight_dir, 4));
   straight.trainer.start();
   const auto full = straight.trainer.run();
   REQUIRE(full.size() == 4);
 
   {
-    run_objects first(options(resumed_dir, 2));
+    run_objects_of<Model> first(options(resumed_dir, 2));
     first.trainer.start();
     REQUIRE(first.trainer.run().size() == 2);
   }
-  run_objects second(options(resumed_dir, 4));  // fresh objects; init_weights is overwritten by the load
+  run_objects_of<Model> second(options(resumed_dir, 4));  // fresh objects; init_weights is overwritten by the load
   second.trainer.resume();
   CHECK(second.trainer.state().step == 2);
   const auto rest = second.trainer.run();
@@ -158,6 +175,10 @@ std::vector<dsx::step_result> check_exact_resume(const std::string& name,
   }
   CHECK(all_params(second.model) == all_params(straight.model));
   CHECK(moments(second.trainer) == moments(straight.trainer));
+  if constexpr (dsx::adamw<Model>::has_master) {
+    auto &a = straight.trainer.optimizer(), &b = second.trainer.optimizer();
+    CHECK(widen(b.master(), b.size()) == widen(a.master(), a.size()));
+  }
   CHECK(second.trainer.optimizer().steps() == 4);
   CHECK(second.trainer.state().tokens == straight.trainer.state().tokens);
   CHECK(second.trainer.state().loader == straight.trainer.state().loader);
@@ -171,7 +192,8 @@ std::vector<dsx::step_result> check_exact_resume(const std::string& name,
   }
   for (int l : straight.model.moe_layers()) {
     bool moved = false;
-    for (float b : straight.model.get_param(*straight.model.params().find(param_kind::router_bias, l))) moved |= b != 0;
+    for (auto b : straight.model.get_param(*straight.model.params().find(param_kind::router_bias, l)))
+      moved |= dsx::convert<float>(b) != 0;
     CHECK(moved);
   }
 
@@ -197,6 +219,42 @@ TEST_CASE("pretrain: 2 + 2 steps with a resume equal 4 steps bit for bit (MTP, b
     CHECK(r.batch == 4);
     CHECK(r.gamma == 0.01);
   }
+}
+
+TEST_CASE("pretrain: bf16 weights with f32 master weights resume bit for bit; the master is saved and kept", "[unit]") {
+  // The same run as above with precision::bf16_master: bf16 model, AdamW on an f32 master copy.
+  const auto full = check_exact_resume<master_model_t>("master", [](dsx::pretrain_options&) {});
+  for (const auto& r : full) CHECK(std::isfinite(r.loss));
+  CHECK(full.back().loss < full.front().loss);
+
+  run_objects_of<master_model_t> r(base_options(fresh_dir("master-state"), 2));
+  r.trainer.start();
+  r.trainer.run();
+  auto& opt = r.trainer.optimizer();
+  const auto master = widen(opt.master(), opt.size()), params = all_params(r.model);
+  std::int64_t finer = 0;  // master weights that bf16 cannot hold: the precision the master adds
+  std::int64_t trained = 0;
+  for (const auto& range : opt.ranges()) {
+    if (!range.trained) continue;  // the routing bias: moved by its own rule, the master's entries unused
+    for (std::int64_t i = range.begin; i < range.end; ++i) {
+      const auto k = std::size_t(i);
+      REQUIRE(params[k] == double(float(dsx::bf16(float(master[k])))));  // the model reads the master's rounding
+      finer += master[k] != params[k];
+      ++trained;
+    }
+  }
+  CHECK(finer > trained / 2);
+
+  // A checkpoint whose master weights do not match the policy is refused, naming the field.
+  const fs::path state = *dsx::find_checkpoint(r.trainer.options().out) / "trainer_state.json";
+  nlohmann::json j = nlohmann::json::parse(std::ifstream(state));
+  CHECK(j["master_dtype"] == "F32");
+  j["master_dtype"] = "none";
+  std::ofstream(state) << j.dump(2);
+  run_objects_of<master_model_t> again(base_options(r.trainer.options().out, 3));
+  CHECK_THROWS_WITH(again.trainer.resume(), Catch::Contains("trainer_state.json") && Catch::Contains("master_dtype") &&
+                                                Catch::Contains("F32"));
+  fs::remove_all(r.trainer.options().out);
 }
 
 TEST_CASE("pretrain: the resume stays bit-exact with the batch ramp and the gamma stop", "[unit]") {
@@ -578,6 +636,8 @@ TEST_CASE("pretrain: a checkpoint written before the batch ramp and the gamma st
     REQUIRE(j["options"].contains(key));
     j["options"].erase(key);
   }
+  REQUIRE(j["master_dtype"] == "none");  // nor the master weights' field: such a checkpoint has none
+  j.erase("master_dtype");
   std::ofstream(state) << j.dump(2);
   {
     auto ramp = base_options(dir, 2);

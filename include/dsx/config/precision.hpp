@@ -29,7 +29,12 @@ inline constexpr precision_policy bf16_v3{dtype::bf16, dtype::bf16, dtype::f32, 
 // moments, no master copy: the policy dsx::transformer runs in bf16 today (it keeps weights, activations
 // and gradients in one storage type).
 inline constexpr precision_policy bf16_uniform{dtype::bf16, dtype::bf16, dtype::f32, dtype::bf16, dtype::bf16, dtype::f32};
-static_assert(!f32.has_master_copy() && bf16.has_master_copy() && !bf16_uniform.has_master_copy());
+// bf16_uniform's model with an f32 master copy of the weights beside f32 moments: the optimizer updates
+// the master and the model reads its bf16 rounding, so updates below bf16's resolution accumulate. The
+// bf16 policy a dsx::transformer trains with (gradients in bf16, unlike precision::bf16).
+inline constexpr precision_policy bf16_master{dtype::bf16, dtype::bf16, dtype::f32, dtype::bf16, dtype::f32, dtype::f32};
+static_assert(!f32.has_master_copy() && bf16.has_master_copy() && !bf16_uniform.has_master_copy() &&
+              bf16_master.has_master_copy());
 static_assert(bf16.accumulate == dtype::f32 && bf16_v3.moment == dtype::bf16);
 }  // namespace precision
 

@@ -87,7 +87,9 @@ static_assert(params_activated(v3_671b) == 37'552'297'472);
 //                scratch 1.24 GB: 21.28 GB
 //   total        67.75 GB of 80 GB, leaving room for the cuBLASLt workspace and the allocator.
 // Kept in f32 throughout (precision::f32, no master copy), the activations double to 42.48 GB and the
-// state is 41.30 GB: 83.8 GB, which does not fit.
+// state is 41.30 GB: 83.8 GB, which does not fit. With precision::bf16_master (the policy the
+// transformer trains in: bf16 gradients, f32 master and moments, 2 + 2 + 4 + 8 bytes per parameter) the
+// state is 41.30 GB and the total 62.58 GB.
 inline constexpr model_config gpu_1b{
     .vocab = 32768, .hidden = 2048, .layers = 12, .dense_layers = 1, .dense_inter = 4096,
     .mla = {.heads = 16, .q_lora = 768, .kv_lora = 512, .nope = 128, .rope = 64, .v = 128},
@@ -101,6 +103,7 @@ static_assert(params_total(gpu_1b) == 2'581'530'304);
 static_assert(params_activated(gpu_1b) == 574'555'840);
 static_assert(plan_memory(gpu_1b, precision::bf16).total() == 46'467'534'208);
 static_assert(plan_memory(gpu_1b, precision::f32).total() == 41'304'476'416);
+static_assert(plan_memory(gpu_1b, precision::bf16_master).total() == 41'304'475'008);
 
 // The toy teacher of the R1 recipe demo (post/recipe.hpp): a DeepSeek-V3-shaped MoE small enough to
 // pre-train and post-train on two CPU cores in minutes — MLA with q-LoRA, 1 dense and 3 MoE layers of 8

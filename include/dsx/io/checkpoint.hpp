@@ -9,10 +9,14 @@
 //                            them, so HF-style MTP loaders find them; loading ignores them (they are the
 //                            main tensors).
 //     optimizer.safetensors  AdamW: "m" and "v" (flat, the parameter buffer's order and length, in the
-//                            moment type) and "step" (I64 scalar: updates applied, AdamW's bias correction)
+//                            moment type), "step" (I64 scalar: updates applied, AdamW's bias correction)
+//                            and, for a policy with a master copy, "master" (F32, flat like m: the master
+//                            weights, of which model.safetensors holds the rounding)
 //     trainer_state.json     format, step, updates (the schedule position), tokens seen, seed, loader
-//                            state, skipped steps, consecutive non-finite steps, the storage types, and the
-//                            training options the run was started with
+//                            state, skipped steps, consecutive non-finite steps, the storage types
+//                            (master_dtype "none" without a master copy; a checkpoint without the field
+//                            predates master copies and has none), and the training options the run was
+//                            started with
 //
 // Atomicity: the files are written into OUT/checkpoint.tmp (any stale one from a crash is removed
 // first), each flushed to disk (write_file_atomic), then OUT/checkpoint becomes OUT/checkpoint.prev
@@ -116,6 +120,12 @@ inline std::int64_t count_field(const nlohmann::json& j, const char* key, const 
 
 inline std::string dtype_name(dtype t) { return std::string(safetensors_name(t)); }
 
+// trainer_state.json's "master_dtype": the master weights' type, "none" without a master copy.
+template <class Model>
+std::string master_dtype_name() {
+  return adamw<Model>::has_master ? dtype_name(dtype::f32) : std::string("none");
+}
+
 }  // namespace checkpoint_detail
 
 // Writes `model` as an HF model folder: config.json and model.safetensors (every tensor under its HF
@@ -156,6 +166,12 @@ void save_checkpoint(const std::filesystem::path& out, Model& model, adamw<Model
   moments.add<std::int64_t>("step", std::span<const std::int64_t>(&step, 1), {});
   moments.add<M>("m", m, {n});
   moments.add<M>("v", v, {n});
+  std::vector<float> master;
+  if constexpr (adamw<Model>::has_master) {
+    master.resize(static_cast<std::size_t>(n));
+    model.backend().download(master.data(), optimizer.master(), master.size() * sizeof(float));
+    moments.add<float>("master", master, {n});
+  }
   moments.write(tmp / "optimizer.safetensors");
 
   const nlohmann::json j = {{"format", checkpoint_format},
@@ -168,6 +184,7 @@ void save_checkpoint(const std::filesystem::path& out, Model& model, adamw<Model
                             {"consecutive_bad", state.consecutive_bad},
                             {"param_dtype", checkpoint_detail::dtype_name(safetensors::dtype_of<T>())},
                             {"moment_dtype", checkpoint_detail::dtype_name(safetensors::dtype_of<M>())},
+                            {"master_dtype", checkpoint_detail::master_dtype_name<Model>()},
                             {"options", state.options}};
   checkpoint_detail::write_text(tmp / "trainer_state.json", j.dump(2) + "\n");
   checkpoint_detail::sync_folder(tmp);
@@ -244,6 +261,12 @@ trainer_state load_checkpoint(const std::filesystem::path& dir, Model& model, ad
       throw error(where + ": the checkpoint holds parameters " + j["param_dtype"].dump() + " and moments " +
                   j["moment_dtype"].dump() + ", this model uses " + want_p + " and " + want_m +
                   " (an exact resume needs the same precision policy)");
+    const std::string want_master = checkpoint_detail::master_dtype_name<Model>();
+    const nlohmann::json saved_master = j.contains("master_dtype") ? j["master_dtype"] : nlohmann::json("none");
+    if (saved_master != want_master)
+      throw error(where + ": field \"master_dtype\": the checkpoint's master weights are " + saved_master.dump() +
+                  ", this model's precision policy keeps \"" + want_master +
+                  "\" (an exact resume needs the same precision policy)");
   }
 
   // Weights: config.json against the compiled configuration, every tensor present with its shape
@@ -282,6 +305,8 @@ trainer_state load_checkpoint(const std::filesystem::path& dir, Model& model, ad
   if (step != state.updates)
     throw error(where + ": tensor 'step' is " + std::to_string(step) + " but trainer_state.json counts " +
                 std::to_string(state.updates) + " updates");
+  const safetensors::tensor_info* master_t = nullptr;
+  if constexpr (adamw<Model>::has_master) master_t = &tensor("master", dtype::f32, {n});
 
   // Everything checked: copy in.
   std::vector<T> values;
@@ -296,6 +321,12 @@ trainer_state load_checkpoint(const std::filesystem::path& dir, Model& model, ad
   model.backend().upload(optimizer.m(), host.data(), host.size() * sizeof(M));
   std::memcpy(host.data(), moments.bytes(v_t).data(), host.size() * sizeof(M));
   model.backend().upload(optimizer.v(), host.data(), host.size() * sizeof(M));
+  if constexpr (adamw<Model>::has_master) {
+    std::vector<float> master(static_cast<std::size_t>(n));
+    std::memcpy(master.data(), moments.bytes(*master_t).data(), master.size() * sizeof(float));
+    model.backend().upload(optimizer.master(), master.data(), master.size() * sizeof(float));
+    optimizer.set_master_loaded();
+  }
   optimizer.set_steps(step);
   return state;
 }

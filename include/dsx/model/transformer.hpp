@@ -56,7 +56,7 @@ class transformer {
   static_assert(validate(C), "dsx::transformer: invalid model_config");
   static_assert(P.param == P.activation && P.param == P.grad,
                 "dsx::transformer: this version keeps weights, activations and gradients in one storage type "
-                "(precision::f64 or precision::f32)");
+                "(precision::f64, f32, bf16_uniform or bf16_master; the optimizer may keep an f32 master copy)");
 
  public:
   using backend_type = Backend;

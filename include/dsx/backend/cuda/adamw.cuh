@@ -3,6 +3,9 @@
 // moments with vector loads, updates them in registers and writes parameters and moments back, where
 // W = 16 / sizeof of the wider of T and M (every pointer aligned to its vector), else one element at a
 // time. Memory-bound: 2·sizeof(T) + 2·sizeof(M) bytes read and sizeof(T) + 2·sizeof(M) written per element.
+// adamw_update_master (the f32 master copy of bf16 parameters) is the same kernel reading the master too
+// and writing the master and the rounded parameters, W = 4 (16 bytes of f32).
+// Untrained ranges (decay_range::trained false) are left as they are, as on the host.
 //
 // The decay ranges are in device memory, like every array a CUDA primitive takes: the trainer builds the
 // list once, checks it with check_decay_ranges and uploads it. A vector's range is found by binary search
@@ -11,6 +14,7 @@
 // [0, n) give wrong decay flags, never a fault.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <type_traits>
@@ -37,27 +41,80 @@ __device__ __forceinline__ std::int64_t find_range(const decay_range* ranges, st
   return lo;
 }
 
-template <class T, class M, int W>
-__global__ void adamw_kernel(T* params, const T* grads, M* m, M* v, std::int64_t n,
-                             const adamw_constants<accum_t<T>> c, const decay_range* ranges, std::int64_t range_count) {
+// Element i's update, on the f32 master copy w (Master: the parameter becomes its rounding) or on the
+// parameter itself; untrained elements are left as they are.
+template <bool Master, class A, class T, class M>
+__device__ __forceinline__ void update_element(const adamw_constants<A>& c, const decay_range& range, float& w, T& p,
+                                               T g, M& m, M& v) {
+  if (!range.trained) return;
+  if constexpr (Master) {
+    adamw_element(c, range.decay, w, g, m, v);
+    p = convert<T>(w);
+  } else {
+    adamw_element(c, range.decay, p, g, m, v);
+  }
+}
+
+// master is read and written only with Master.
+template <class T, class M, int W, bool Master>
+__global__ void adamw_kernel(float* master, T* params, const T* grads, M* m, M* v, std::int64_t n,
+                             const adamw_constants<std::conditional_t<Master, float, accum_t<T>>> c,
+                             const decay_range* ranges, std::int64_t range_count) {
   const std::int64_t first = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   const std::int64_t threads = std::int64_t(gridDim.x) * blockDim.x;
   const std::int64_t full = n / W * W;
   for (std::int64_t i = first * W; i < full; i += threads * W) {
     std::int64_t r = find_range(ranges, range_count, i);
+    pack<float, W> w{};
+    if constexpr (Master) w = load<W>(master + i);
     auto p = load<W>(params + i);
     const auto g = load<W>(grads + i);
     auto mv = load<W>(m + i), vv = load<W>(v + i);
     for (int j = 0; j < W; ++j) {
       while (i + j >= ranges[r].end && r + 1 < range_count) ++r;  // a range ends inside this vector
-      adamw_element(c, ranges[r].decay, p.v[j], g.v[j], mv.v[j], vv.v[j]);
+      update_element<Master>(c, ranges[r], w.v[j], p.v[j], g.v[j], mv.v[j], vv.v[j]);
     }
+    if constexpr (Master) store<W>(master + i, w);
     store<W>(params + i, p);
     store<W>(m + i, mv);
     store<W>(v + i, vv);
   }
-  for (std::int64_t i = full + first; i < n; i += threads)
-    adamw_element(c, ranges[find_range(ranges, range_count, i)].decay, params[i], grads[i], m[i], v[i]);
+  for (std::int64_t i = full + first; i < n; i += threads) {
+    float w = Master ? master[i] : 0.0f;
+    update_element<Master>(c, ranges[find_range(ranges, range_count, i)], w, params[i], grads[i], m[i], v[i]);
+    if constexpr (Master) master[i] = w;
+  }
+}
+
+// Checks and launches one update (master: null without a master copy).
+template <bool Master, class T, class M>
+void launch_adamw(cuda& be, float* master, T* params, const T* grads, M* m, M* v, std::int64_t n,
+                  const adamw_params& p, const decay_range* ranges, std::int64_t range_count) {
+  check_adamw_types<T, M>();
+  static_assert(!std::is_same_v<M, double>, "adamw: moments must be float or bf16 on the GPU");
+  check_adamw(p);
+  if (n < 0) throw error("adamw: " + std::to_string(n) + " elements, expected at least 0");
+  if (n == 0) return;
+  if (range_count < 1 || !ranges)
+    throw error("adamw: no decay ranges for " + std::to_string(n) + " elements (range_count " +
+                std::to_string(range_count) + ")");
+  using A = std::conditional_t<Master, float, accum_t<T>>;
+  const adamw_constants<A> c = adamw_constants_of<A>(p);
+  // 16-byte accesses of the widest array: f32 master and moments, or T and M.
+  constexpr std::size_t widest = std::max({Master ? sizeof(float) : std::size_t(1), sizeof(T), sizeof(M)});
+  constexpr int V = int(16 / widest);
+  static_assert(V == 2 || V == 4 || V == 8);
+  const auto aligned = [](const void* ptr, std::size_t bytes) { return reinterpret_cast<std::uintptr_t>(ptr) % bytes == 0; };
+  const bool vec = (!Master || aligned(master, V * sizeof(float))) && aligned(params, V * sizeof(T)) &&
+                   aligned(grads, V * sizeof(T)) && aligned(m, V * sizeof(M)) && aligned(v, V * sizeof(M));
+  constexpr unsigned threads = 256;
+  if (vec)
+    adamw_kernel<T, M, V, Master><<<grid_for(n, threads * V), threads, 0, be.stream()>>>(master, params, grads, m, v, n,
+                                                                                         c, ranges, range_count);
+  else
+    adamw_kernel<T, M, 1, Master><<<grid_for(n, threads), threads, 0, be.stream()>>>(master, params, grads, m, v, n, c,
+                                                                                     ranges, range_count);
+  DSX_CUDA_CHECK_LAUNCH("adamw_kernel");
 }
 
 }  // namespace cuda_detail
@@ -68,32 +125,16 @@ __global__ void adamw_kernel(T* params, const T* grads, M* m, M* v, std::int64_t
 template <class T, class M>
 void adamw_update(cuda& be, T* params, const T* grads, M* m, M* v, std::int64_t n, const adamw_params& p,
                   const decay_range* ranges, std::int64_t range_count) {
-  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double> || std::is_same_v<T, bf16>,
-                "adamw: parameters must be double, float or bf16");
-  static_assert(std::is_same_v<M, float> || std::is_same_v<M, bf16>, "adamw: moments must be float or bf16");
-  using namespace cuda_detail;
-  check_adamw(p);
-  if (n < 0) throw error("adamw: " + std::to_string(n) + " elements, expected at least 0");
-  if (n == 0) return;
-  if (range_count < 1 || !ranges)
-    throw error("adamw: no decay ranges for " + std::to_string(n) + " elements (range_count " +
-                std::to_string(range_count) + ")");
-  const adamw_constants<accum_t<T>> c = adamw_constants_of<accum_t<T>>(p);
-  constexpr int V = 16 / int(sizeof(T) > sizeof(M) ? sizeof(T) : sizeof(M));
-  static_assert(V == 2 || V == 4 || V == 8);
-  const auto aligned = [](const void* ptr, std::size_t bytes) {
-    return reinterpret_cast<std::uintptr_t>(ptr) % bytes == 0;
-  };
-  const bool vec = aligned(params, V * sizeof(T)) && aligned(grads, V * sizeof(T)) && aligned(m, V * sizeof(M)) &&
-                   aligned(v, V * sizeof(M));
-  constexpr unsigned threads = 256;
-  if (vec)
-    adamw_kernel<T, M, V><<<grid_for(n, threads * V), threads, 0, be.stream()>>>(params, grads, m, v, n, c, ranges,
-                                                                                 range_count);
-  else
-    adamw_kernel<T, M, 1><<<grid_for(n, threads), threads, 0, be.stream()>>>(params, grads, m, v, n, c, ranges,
-                                                                             range_count);
-  DSX_CUDA_CHECK_LAUNCH("adamw_kernel");
+  cuda_detail::launch_adamw<false>(be, nullptr, params, grads, m, v, n, p, ranges, range_count);
+}
+
+// One AdamW step on the f32 master copy of bf16 params (device memory, n elements each, like grads, m
+// and v); host's adamw_update_master, same contract.
+template <class T, class M>
+void adamw_update_master(cuda& be, float* master, T* params, const T* grads, M* m, M* v, std::int64_t n,
+                         const adamw_params& p, const decay_range* ranges, std::int64_t range_count) {
+  static_assert(std::is_same_v<T, bf16>, "adamw: the GPU keeps a master copy of bf16 parameters only");
+  cuda_detail::launch_adamw<true>(be, master, params, grads, m, v, n, p, ranges, range_count);
 }
 
 }  // namespace dsx::backend

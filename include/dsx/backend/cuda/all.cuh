@@ -13,3 +13,4 @@
 #include "dsx/backend/cuda/attention.cuh"
 #include "dsx/backend/cuda/moe.cuh"
 #include "dsx/backend/cuda/fp8.cuh"
+#include "dsx/backend/cuda/adamw.cuh"

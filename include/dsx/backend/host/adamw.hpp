@@ -8,8 +8,15 @@
 // grad_scale folds a global-norm clipping factor into the same pass. Arithmetic is in accum_t<T> (f32 for
 // f32 and bf16 parameters); the moments are stored as M (float or bf16), parameters and gradients as T.
 //
-// The decay mask is a list of ranges [begin, end) with a flag, in order and tiling [0, n): one range per
-// parameter tensor (or per run of tensors with the same flag) of the flat buffer.
+// With a master copy (adamw_update_master): the update above runs on an f32 copy of the weights and the
+// parameters the model reads become its rounding to T. Updates below T's resolution (for bf16 weights,
+// any step smaller than 2⁻⁹ of the weight) then accumulate in the master instead of being rounded away
+// every step: the f32 master weights of mixed-precision training (DeepSeek-V3 report §3.3).
+//
+// The decay mask is a list of ranges [begin, end) with flags, in order and tiling [0, n): one range per
+// parameter tensor (or per run of tensors with the same flags) of the flat buffer. A range that is not
+// trained (the routing bias, which moves by its own rule) is left as it is: its parameters and moments
+// are neither read nor written, nor is its part of a master copy.
 #pragma once
 
 #include <cmath>
@@ -37,6 +44,7 @@ struct adamw_params {
 struct decay_range {
   std::int64_t begin = 0, end = 0;  // elements [begin, end) of the flat buffer
   bool decay = true;                // weight decay applies to these elements
+  bool trained = true;              // false: the optimizer leaves these elements as they are
 };
 
 // Throws unless the hyperparameters are usable: lr, eps, weight_decay ≥ 0 and finite, β in [0, 1),
@@ -104,9 +112,10 @@ adamw_constants<A> adamw_constants_of(const adamw_params& p) {
 }
 
 // One element's update (the formulas at the top), written once for host and device. The new moments
-// feed the parameter update before they are rounded to M.
-template <class A, class T, class M>
-DSX_HD void adamw_element(const adamw_constants<A>& c, bool decay, T& p, T g, M& m, M& v) {
+// feed the parameter update before they are rounded to M. P is the type the update is applied to: the
+// parameters' own, or the f32 master copy of narrower parameters (gradients G).
+template <class A, class P, class G, class M>
+DSX_HD void adamw_element(const adamw_constants<A>& c, bool decay, P& p, G g, M& m, M& v) {
   using std::sqrt;
   const A gs = convert<A>(g) * c.grad_scale;
   const A m1 = c.beta1 * convert<A>(m) + c.one_minus_beta1 * gs;
@@ -114,30 +123,63 @@ DSX_HD void adamw_element(const adamw_constants<A>& c, bool decay, T& p, T g, M&
   A x = convert<A>(p);
   if (decay) x *= c.decay;
   x -= c.step_size * (m1 / (sqrt(v1) / c.sqrt_bc2 + c.eps));
-  p = convert<T>(x);
+  p = convert<P>(x);
   m = convert<M>(m1);
   v = convert<M>(v1);
 }
+
+template <class T, class M>
+void check_adamw_types() {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double> || std::is_same_v<T, bf16>,
+                "adamw: parameters must be double, float or bf16");
+  static_assert(std::is_same_v<M, double> || std::is_same_v<M, float> || std::is_same_v<M, bf16>,
+                "adamw: moments must be double, float or bf16");
+}
+
+namespace detail {
+// Calls f(i, decay) for every element of the trained ranges, the elements split among OpenMP threads.
+template <class F>
+void for_trained_elements(const decay_range* ranges, std::int64_t range_count, F&& f) {
+#pragma omp parallel
+  for (std::int64_t r = 0; r < range_count; ++r) {
+    if (!ranges[r].trained) continue;
+    const bool decay = ranges[r].decay;
+#pragma omp for schedule(static) nowait
+    for (std::int64_t i = ranges[r].begin; i < ranges[r].end; ++i) f(i, decay);
+  }
+}
+}  // namespace detail
 
 // One AdamW step over params, grads, m, v (n elements each); m and v start at zero before step 1.
 // ranges (range_count): the decay mask, checked by check_decay_ranges.
 template <class T, class M>
 void adamw_update(host&, T* params, const T* grads, M* m, M* v, std::int64_t n, const adamw_params& p,
                   const decay_range* ranges, std::int64_t range_count) {
-  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double> || std::is_same_v<T, bf16>,
-                "adamw: parameters must be double, float or bf16");
-  static_assert(std::is_same_v<M, double> || std::is_same_v<M, float> || std::is_same_v<M, bf16>,
-                "adamw: moments must be double, float or bf16");
-  using A = accum_t<T>;
+  check_adamw_types<T, M>();
   check_adamw(p);
   check_decay_ranges(ranges, range_count, n);
-  const adamw_constants<A> c = adamw_constants_of<A>(p);
-#pragma omp parallel
-  for (std::int64_t r = 0; r < range_count; ++r) {
-    const bool decay = ranges[r].decay;
-#pragma omp for schedule(static) nowait
-    for (std::int64_t i = ranges[r].begin; i < ranges[r].end; ++i) adamw_element(c, decay, params[i], grads[i], m[i], v[i]);
-  }
+  const adamw_constants<accum_t<T>> c = adamw_constants_of<accum_t<T>>(p);
+  detail::for_trained_elements(ranges, range_count, [&](std::int64_t i, bool decay) {
+    adamw_element(c, decay, params[i], grads[i], m[i], v[i]);
+  });
+}
+
+// One AdamW step on the f32 master copy `master` of params (n elements each, like grads, m and v): the
+// update runs on the master, then params[i] = master[i] rounded to T. Untrained ranges are skipped, so
+// a rule that moves those parameters outside the optimizer (the routing bias update) stays in effect.
+// Before the first step the master holds the parameters widened (convert_copy).
+template <class T, class M>
+void adamw_update_master(host&, float* master, T* params, const T* grads, M* m, M* v, std::int64_t n,
+                         const adamw_params& p, const decay_range* ranges, std::int64_t range_count) {
+  check_adamw_types<T, M>();
+  static_assert(sizeof(T) < sizeof(float), "adamw: a master copy is for parameters narrower than f32");
+  check_adamw(p);
+  check_decay_ranges(ranges, range_count, n);
+  const adamw_constants<float> c = adamw_constants_of<float>(p);
+  detail::for_trained_elements(ranges, range_count, [&](std::int64_t i, bool decay) {
+    adamw_element(c, decay, master[i], grads[i], m[i], v[i]);
+    params[i] = convert<T>(master[i]);
+  });
 }
 
 }  // namespace dsx::backend
