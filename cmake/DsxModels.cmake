@@ -3,6 +3,7 @@
 #   dsx_add_model(<name> CONFIG <config.json>)   # an HF DeepseekV2/V3 config.json (relative paths are
 #                                                 # relative to the calling CMakeLists.txt)
 #   dsx_add_model(<name> PRESET <c++ constant>)  # e.g. dsx::presets::tiny_v3
+#   ... [CUDA]                                    # with DSX_CUDA: also `verify --device cuda`
 #
 # builds the executable `dsx-<name>` from examples/dsx-tool/main.cpp with the model compiled in: the
 # compile definition DSX_MODEL_HEADER names a header generated at configure time,
@@ -14,6 +15,10 @@
 #     inline constexpr dsx::model_config config = <expression>;
 #     inline constexpr const char* name = "<name>";
 #     }
+#
+# With CUDA (and DSX_CUDA on) the tool also compiles examples/dsx-tool/verify_cuda.cu, the golden checks
+# with the model on the GPU, and links dsx::cuda; DSX_TOOL_CUDA is 1 in the tool's sources then, else 0.
+# Only models whose f64 and f32 copies fit a GPU should ask for it (the built-in tiny-v3 does).
 #
 # For CONFIG the expression comes from examples/config-gen (dsx::read_hf_config + dsx::to_cpp: the one
 # mapping from config.json to C++, in include/dsx/io/hf_config.hpp). That program is compiled once per
@@ -80,7 +85,8 @@ function(dsx_add_model name)
   if(TARGET dsx-${name})
     message(FATAL_ERROR "dsx_add_model(${name}): target dsx-${name} already exists")
   endif()
-  dsx_generate_model_header(${ARGV} HEADER header)
+  cmake_parse_arguments(PARSE_ARGV 1 arg "CUDA" "" "")
+  dsx_generate_model_header(${name} ${arg_UNPARSED_ARGUMENTS} HEADER header)
 
   if(NOT TARGET CLI11::CLI11)
     find_package(CLI11 2 REQUIRED)
@@ -88,6 +94,13 @@ function(dsx_add_model name)
   add_executable(dsx-${name} "${CMAKE_CURRENT_FUNCTION_LIST_DIR}/../examples/dsx-tool/main.cpp")
   target_compile_definitions(dsx-${name} PRIVATE "DSX_MODEL_HEADER=\"${header}\"")
   target_link_libraries(dsx-${name} PRIVATE dsx::dsx CLI11::CLI11)
+  if(arg_CUDA AND TARGET dsx::cuda)
+    target_sources(dsx-${name} PRIVATE "${CMAKE_CURRENT_FUNCTION_LIST_DIR}/../examples/dsx-tool/verify_cuda.cu")
+    target_link_libraries(dsx-${name} PRIVATE dsx::cuda)
+    target_compile_definitions(dsx-${name} PRIVATE DSX_TOOL_CUDA=1)
+  else()
+    target_compile_definitions(dsx-${name} PRIVATE DSX_TOOL_CUDA=0)
+  endif()
   if(DSX_INSTALL)
     install(TARGETS dsx-${name} COMPONENT dsx_tools)
   endif()

@@ -14,6 +14,7 @@
 #include "dsx/config/reflect.hpp"
 #include "dsx/data/tokenizer.hpp"
 #include "dsx/model/golden.hpp"
+#include "verify.hpp"
 
 namespace dsx::tool {
 
@@ -56,26 +57,11 @@ int info(const char* name, std::int64_t seq) {
   return 0;
 }
 
-// `verify`: every golden check in f64 and f32 on the host backend; one line per check; non-zero exit
-// status when any check misses its tolerance.
+// `verify`: every golden check in f64 and f32 on the host backend (verify.hpp).
 template <model_config C>
 int verify(const std::filesystem::path& model_dir, const std::filesystem::path& golden) {
   backend::host be;
-  int failed = 0;
-  auto report = [&](const char* precision_name, const std::vector<golden_check>& checks) {
-    for (const auto& c : checks) {
-      if (c.exact)
-        fmt::print("{:4} {:60} mismatches {}  {}\n", precision_name, c.name, c.error, c.passed ? "ok" : "FAILED");
-      else
-        fmt::print("{:4} {:60} max_rel_error {:.3e}  tolerance {:.0e}  {}\n", precision_name, c.name, c.error,
-                   c.tolerance, c.passed ? "ok" : "FAILED");
-      failed += !c.passed;
-    }
-  };
-  report("f64", verify_golden<C, precision::f64>(be, model_dir, golden, golden_f64_tolerance));
-  report("f32", verify_golden<C, precision::f32>(be, model_dir, golden, golden_f32_tolerance));
-  fmt::print("{} checks failed\n", failed);
-  return failed == 0 ? 0 : 2;
+  return verify_on<C>(be, model_dir, golden);
 }
 
 // `tokenize`: one {"ids": [...]} line per {"text": ...} line of the input.

@@ -3,7 +3,8 @@
 // subcommand runs the statically specialised pipeline of that one model.
 //
 //   dsx-<model> info                                   configuration, counts, FLOPs, memory plan
-//   dsx-<model> verify <model_dir> <golden.safetensors> every golden check in f64 and f32
+//   dsx-<model> verify <model_dir> <golden.safetensors> [--device cuda [--gpu N]]
+//                                                      every golden check in f64 and f32
 //   dsx-<model> tokenize --tokenizer PATH [--input FILE.jsonl] [--add-special]
 //   dsx-<model> bench sgemm | train [--batch B --seq T --steps N]   speed on this machine
 //   dsx-<model> train [--data PATH] --steps N --out DIR [--resume] [options]   pre-training
@@ -38,6 +39,12 @@ int main(int argc, char** argv) {
   std::string model_dir, golden;
   verify->add_option("model_dir", model_dir, "HF model folder (config.json + *.safetensors)")->required();
   verify->add_option("golden", golden, "golden.safetensors (inputs.* and expected.*)")->required();
+  std::string verify_device = "host";
+  int verify_gpu = 0;
+  verify->add_option("--device", verify_device,
+                     "host, or cuda: the whole model on the GPU (tools built with CUDA; see cmake/DsxModels.cmake)")
+      ->capture_default_str()->check(CLI::IsMember({"host", "cuda"}));
+  verify->add_option("--gpu", verify_gpu, "CUDA device number with --device cuda")->capture_default_str();
 
   auto* bench = app.add_subcommand("bench", "measure speed on this machine");
   bench->require_subcommand(1);
@@ -60,7 +67,8 @@ int main(int argc, char** argv) {
   tokenize->add_option("--input", tokenize_input, "JSONL file (default: standard input)");
   tokenize->add_flag("--add-special", add_special, "add the tokenizer's special tokens (its post-processor)");
 
-  auto* train = app.add_subcommand("train", "pre-train the model (f32, host): metrics, plot and resumable checkpoints");
+  auto* train = app.add_subcommand(
+      "train", "pre-train the model (host; f32, or bf16 with f32 master weights): metrics, plot and resumable checkpoints");
   dsx::tool::train_args train_args;
   dsx::tool::add_train_flags(*train, train_args, dsx_model::config.max_positions);
 
@@ -70,6 +78,15 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   try {
     if (*info) return dsx::tool::info<dsx_model::config>(dsx_model::name, info_seq);
+    if (*verify && verify_device == "cuda") {
+#if DSX_TOOL_CUDA
+      return dsx::tool::verify_cuda(model_dir, golden, verify_gpu);
+#else
+      throw dsx::error(fmt::format("verify --device cuda: dsx-{} was built without the CUDA backend (configure with "
+                                   "DSX_CUDA=ON; the model must be added with dsx_add_model(... CUDA))",
+                                   dsx_model::name));
+#endif
+    }
     if (*verify) return dsx::tool::verify<dsx_model::config>(model_dir, golden);
     if (*tokenize) return dsx::tool::tokenize(tokenizer_path, tokenize_input, add_special);
     if (*train) return dsx::tool::train<dsx_model::config>(train_args);
