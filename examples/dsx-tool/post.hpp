@@ -46,6 +46,7 @@ struct post_args {
   int k = 4, top_k = 0;
   std::int64_t nim_games = 16;
   double temperature = 1.0, top_p = 1.0, eps_low = 0.2, eps_high = 0.28, kl_beta = 0.001;
+  double eval_temperature = 1.0, eval_top_p = 1.0;  // `evaluate`'s sampling: the recipe's (R1's 0.6 and 0.95)
   std::string aggregation = "token";
   bool dr_grpo = false;
   double w_accuracy = 1, w_format = 1, w_language = 0, w_reward_model = 0.5;
@@ -88,10 +89,10 @@ inline post_commands add_post_commands(CLI::App& app, post_args& a) {
     s->add_option("--batch", a.batch, "rows (or pairs) per step")->capture_default_str()->check(CLI::PositiveNumber);
     s->add_option("--lr", a.lr, "peak learning rate (warm-up 10%, cosine to 1/10)")->capture_default_str();
   };
-  const auto sampling = [&](CLI::App* s) {
+  const auto sampling = [&](CLI::App* s, double& temperature, double& top_p) {
     s->add_option("--tasks", a.tasks, "tasks: addition sort42 countdown nim (default: all)");
-    s->add_option("--temperature", a.temperature, "sampling temperature")->capture_default_str();
-    s->add_option("--top-p", a.top_p, "nucleus sampling mass")->capture_default_str();
+    s->add_option("--temperature", temperature, "sampling temperature")->capture_default_str();
+    s->add_option("--top-p", top_p, "nucleus sampling mass")->capture_default_str();
     s->add_option("--top-k", a.top_k, "keep the k most likely tokens (0: all)")->capture_default_str();
     s->add_option("--max-new", a.max_new, "tokens per completion at most")->capture_default_str();
   };
@@ -109,7 +110,7 @@ inline post_commands add_post_commands(CLI::App& app, post_args& a) {
 
   common(c.grpo, true);
   training(c.grpo);
-  sampling(c.grpo);
+  sampling(c.grpo, a.temperature, a.top_p);
   c.grpo->add_option("--prompts", a.prompts, "prompts per step")->capture_default_str();
   c.grpo->add_option("--group", a.group, "G: samples per prompt")->capture_default_str();
   c.grpo->add_option("--iterations", a.iterations, "mu: optimisation steps per rollout batch")->capture_default_str();
@@ -127,13 +128,21 @@ inline post_commands add_post_commands(CLI::App& app, post_args& a) {
   c.grpo->add_option("--reward-model-weight", a.w_reward_model, "weight of sigmoid(reward model score)")->capture_default_str();
 
   common(c.rejection, true);
-  sampling(c.rejection);
+  sampling(c.rejection, a.temperature, a.top_p);
   c.rejection->add_option("--out", a.out, "SFT JSONL to write")->required();
   c.rejection->add_option("--prompts", a.prompts, "train problems (over the tasks in turn)")->capture_default_str();
   c.rejection->add_option("--samples", a.samples, "samples per prompt")->capture_default_str();
 
+  // evaluate's defaults are the recipe's evaluation, so that a stage checkpoint is measured as the report
+  // measured it (the report's samples also use the recipe's seed + 1000 as --seed).
+  const post::eval_options recipe_eval = post::eval_of(post::default_recipe());
+  a.eval_temperature = recipe_eval.sampling.temperature;
+  a.eval_top_p = recipe_eval.sampling.top_p;
+  a.problems = recipe_eval.problems;
+  a.k = recipe_eval.k;
+  a.nim_games = recipe_eval.nim_games;
   common(c.evaluate, true);
-  sampling(c.evaluate);
+  sampling(c.evaluate, a.eval_temperature, a.eval_top_p);
   c.evaluate->add_option("--problems", a.problems, "test problems per task")->capture_default_str();
   c.evaluate->add_option("--k", a.k, "samples per problem")->capture_default_str();
   c.evaluate->add_option("--nim-games", a.nim_games, "games against the perfect Nim player")->capture_default_str();
@@ -318,7 +327,8 @@ class post_tool {
     const auto tasks = parse_tasks(a_.tasks);
     auto model = load<model_t>(a_.init, a_.k);
     post::eval_options o{.problems = a_.problems, .k = a_.k,
-                         .sampling = {.temperature = a_.temperature, .top_p = a_.top_p, .top_k = a_.top_k, .max_new = a_.max_new, .stop = {}},
+                         .sampling = {.temperature = a_.eval_temperature, .top_p = a_.eval_top_p, .top_k = a_.top_k,
+                                      .max_new = a_.max_new, .stop = {}},
                          .nim_games = a_.nim_games, .traces = 0, .seed = a_.seed};
     post::stage_report r = post::evaluate(*model, *chat_, tasks, o);
     r.name = std::filesystem::path(a_.init).filename().string();
