@@ -245,6 +245,22 @@ TEST_CASE("pretrain: bf16 weights with f32 master weights resume bit for bit; th
   }
   CHECK(finer > trained / 2);
 
+  {
+    // A checkpoint written before any step holds the master taken from the initial weights, and a resume
+    // from it starts from exactly those.
+    const fs::path dir = fresh_dir("master-at-zero");
+    {
+      run_objects_of<master_model_t> none(base_options(dir, 0));
+      none.trainer.start();
+      none.trainer.run();  // no step; saves at the end
+    }
+    run_objects_of<master_model_t> later(base_options(dir, 1));
+    later.trainer.resume();
+    auto& o = later.trainer.optimizer();
+    CHECK(widen(o.master(), o.size()) == all_params(later.model));
+    fs::remove_all(dir);
+  }
+
   // A checkpoint whose master weights do not match the policy is refused, naming the field.
   const fs::path state = *dsx::find_checkpoint(r.trainer.options().out) / "trainer_state.json";
   nlohmann::json j = nlohmann::json::parse(std::ifstream(state));

@@ -169,7 +169,7 @@ void save_checkpoint(const std::filesystem::path& out, Model& model, adamw<Model
   std::vector<float> master;
   if constexpr (adamw<Model>::has_master) {
     master.resize(static_cast<std::size_t>(n));
-    model.backend().download(master.data(), optimizer.master(), master.size() * sizeof(float));
+    model.backend().download(master.data(), optimizer.current_master(), master.size() * sizeof(float));
     moments.add<float>("master", master, {n});
   }
   moments.write(tmp / "optimizer.safetensors");

@@ -71,8 +71,7 @@ class adamw {
   void step(double lr, double grad_scale = 1.0) {
     backend::adamw_params p{lr, options_.beta1, options_.beta2, options_.eps, options_.weight_decay, ++steps_, grad_scale};
     if constexpr (has_master) {
-      if (!master_current_) sync_master();
-      adamw_update_master(model_.backend(), master(), model_.param_data(), static_cast<const T*>(model_.grad_data()), m(),
+      adamw_update_master(model_.backend(), current_master(), model_.param_data(), static_cast<const T*>(model_.grad_data()), m(),
                           v(), n_, p, device_ranges(), std::int64_t(ranges_.size()));
     } else {
       adamw_update(model_.backend(), model_.param_data(), static_cast<const T*>(model_.grad_data()), m(), v(), n_, p,
@@ -94,7 +93,15 @@ class adamw {
   {
     master_current_ = true;
   }
-  // The f32 master weights (backend memory, size() elements), laid out like the parameters.
+  // The f32 master weights (backend memory, size() elements), laid out like the parameters; taken from
+  // the parameters first if no step or checkpoint has set them yet (what a checkpoint saves).
+  float* current_master()
+    requires has_master
+  {
+    if (!master_current_) sync_master();
+    return master();
+  }
+  // The master buffer as it is (before the first step: not yet the weights).
   float* master()
     requires has_master
   {
