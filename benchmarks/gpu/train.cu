@@ -35,7 +35,7 @@ namespace dsx::bench {
 namespace {
 
 constexpr model_config train_config = presets::gpu_1b;
-constexpr double train_lr = 3e-4;  // any rate: random tokens, the step's work does not depend on it
+constexpr double train_lr = 3e-4;  // any rate: the step's arithmetic does not depend on it
 
 std::vector<std::string> train_plan_lines(const options& opt) {
   const auto f = forward_flops(train_config, opt.train_seq);
@@ -65,7 +65,8 @@ void run_train(const section_context& ctx, bool tf32, const std::string& precisi
   out.md(
       strf("`dsx::transformer<presets::gpu_1b, ...>` on the CUDA backend: %s. Forward with the "
            "cross-entropy loss, backward into the gradient buffer, gradient norm, clipping to 1 and the AdamW "
-           "update (`dsx::adamw`, lr %.0e). Random weights (std 0.02, norm weights 1) and random tokens.",
+           "update (`dsx::adamw`, lr %.0e). Random weights (std 0.02, norm weights 1) and new random tokens every "
+           "step.",
            precision_label.c_str(), train_lr));
   for (const auto& line : train_plan_lines(opt)) out.md("- " + line);
 
@@ -79,10 +80,15 @@ void run_train(const section_context& ctx, bool tf32, const std::string& precisi
   for (const auto& e : model.params().entries())
     if (e.spec.is_vector())
       fill_value(be, w + e.offset, e.spec.numel(), e.spec.kind == param_kind::router_bias ? 0.0f : 1.0f);
+  // New random tokens for every step, as training reads new data: the same batch again would be learnt
+  // within a few steps, and the routing (so the experts' row counts) would settle on it.
   std::vector<std::int32_t> ids(static_cast<std::size_t>(tokens));
   std::mt19937_64 rng(61);
   std::uniform_int_distribution<std::int32_t> pick(0, train_config.vocab - 1);
-  for (auto& id : ids) id = pick(rng);
+  const auto new_batch = [&] {
+    for (auto& id : ids) id = pick(rng);
+  };
+  new_batch();
   be.synchronize();
   std::size_t free1 = 0;
   DSX_CUDA_CHECK(cudaMemGetInfo(&free1, &total));
@@ -126,6 +132,7 @@ void run_train(const section_context& ctx, bool tf32, const std::string& precisi
       break;
     }
     model.zero_grad();
+    new_batch();
     be.synchronize();
     const auto t0 = clock_type::now();
     last_loss = model.forward(ids, batch, seq);

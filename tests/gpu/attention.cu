@@ -87,8 +87,24 @@ void check_attention(cuda_backend& be, const attention_case& ac, std::uint64_t s
   auto rdq = nan_values<R>(n_qk), rdk = nan_values<R>(n_qk), rdv = nan_values<R>(n_v);
   attention_backward(hb, rdq.data(), rdk.data(), rdv.data(), rdout.data(), rq.data(), rk.data(), rv.data(),
                      ro_t.data(), rlse_a.data(), batch, seq, heads, qk, v_dim, scale);
-  check_close("dq", g.dq, rdq, tolerance<T>);
-  check_close("dk", g.dk, rdk, tolerance<T>);
+  if (seq == 1) {
+    // One key: P = 1 and dS = dO·v − dO·o = 0 exactly, so the true dq and dk vanish and both backends
+    // return rounding residue of the two dot products; a relative comparison of residues means nothing.
+    // The residue must stay below the tolerance times the size of the terms that cancel.
+    auto max_abs = [](const auto& x) {
+      double m = 0;
+      for (const auto& e : x) m = std::max(m, std::abs(to_double(e)));
+      return m;
+    };
+    const double terms = scale * max_abs(rdout) * max_abs(rv) * double(v_dim) * std::max(max_abs(rq), max_abs(rk));
+    INFO("seq 1: max |dq| " << max_abs(convert_all<R>(g.dq)) << ", max |dk| " << max_abs(convert_all<R>(g.dk))
+                            << ", cancelled terms " << terms);
+    CHECK(max_abs(convert_all<R>(g.dq)) <= tolerance<T> * terms);
+    CHECK(max_abs(convert_all<R>(g.dk)) <= tolerance<T> * terms);
+  } else {
+    check_close("dq", g.dq, rdq, tolerance<T>);
+    check_close("dk", g.dk, rdk, tolerance<T>);
+  }
   check_close("dv", g.dv, rdv, tolerance<T>);
   const grads g2 = backward();
   CHECK(same_bits(g.dq, g2.dq));
@@ -103,11 +119,14 @@ struct decode_case {
 // Decoding one token or a chunk at start_pos: the first prefill chunk, single tokens after a prompt,
 // chunks after a prompt, odd widths (scalar loads), and caches long enough to be split into several key
 // ranges (one where the first rows of a chunk see nothing of the later ranges), up to DeepSeek-V3's
-// kv_lora 512 / rope 64 with 16 and 128 heads.
+// kv_lora 512 / rope 64 with 16 and 128 heads. bf16 takes the tensor-core kernel (mla_decode_mma.cuh)
+// at kv_lora 64, 128, 256 and 512; the last three cases are its edges: 65 rows (the second row block
+// holds one) whose last positions fall in two key tiles, V3's shape over 701 positions in five key
+// ranges, and no rope columns.
 constexpr decode_case decode_cases[] = {
     {2, 3, 16, 4, 0, 5},      {2, 3, 16, 4, 5, 1},     {1, 3, 6, 4, 7, 4},      {3, 1, 32, 8, 40, 3},
     {1, 16, 64, 16, 290, 3},  {1, 1, 64, 16, 0, 300},  {1, 16, 512, 64, 1000, 2}, {1, 128, 512, 64, 300, 1},
-    {2, 16, 128, 32, 129, 7},
+    {2, 16, 128, 32, 129, 7}, {2, 5, 256, 32, 60, 13}, {3, 128, 512, 64, 700, 1}, {1, 3, 64, 0, 40, 30},
 };
 
 template <class T>

@@ -451,6 +451,22 @@ TEMPLATE_TEST_CASE("gemm_grouped and gemm_grouped_wgrad on cuda equal the host b
   for (const auto& gc : grouped_cases) check_grouped<TestType>(be, gc, seed += 10);
 }
 
+TEST_CASE("gemm_grouped shares cuBLASLt plans by size class: new row counts need no heuristic query", "[gpu]") {
+  cuda_backend be;
+  auto& lt = be.matmul();
+  // Two routings of 2000 rows over 64 experts (about 31 rows each, all in the classes 16..32 and 32..64
+  // after the first): the second brings new row counts, answered from the classes of the first.
+  const grouped_case gc{2000, 64, 1, 96, 64};
+  check_grouped<bf16>(be, gc, 1500);
+  const std::size_t queries = lt.heuristic_queries(), reuses = lt.class_reuses(), plans = lt.cached_plans();
+  CHECK(reuses > 0);  // the first routing already has several row counts per class
+  check_grouped<bf16>(be, gc, 1600);  // checks the results against the host again
+  INFO("queries " << queries << " → " << lt.heuristic_queries() << ", plans " << plans << " → " << lt.cached_plans()
+                  << ", class reuses " << reuses << " → " << lt.class_reuses());
+  CHECK(lt.cached_plans() > plans);                                    // new row counts came
+  CHECK(lt.heuristic_queries() - queries < lt.cached_plans() - plans);  // most of them without a query
+}
+
 namespace {
 
 // ---- load balancing ----

@@ -32,17 +32,20 @@
 // accurate library functions. Work is divided by sizes only, never by the device, and every sum runs
 // in a fixed order: results are bitwise reproducible from run to run.
 //
-// Measured on one H100 SXM (CUDA 13.0, bf16 storage): forward at batch 1, seq 4096, 16 heads, qk 192 /
-// v 128: 4.6 ms (18.6 TFLOP/s of causal attention, 28 % of the f32 CUDA-core peak); backward 23.4 ms.
-// Decode with kv_lora 512 / rope 64: 128 heads, batch 16, 4096 cached positions: 1.58 ms (11.5 TFLOP/s,
-// 48 GB/s of cache); 16 heads, batch 64, 4096 positions: 0.93 ms (324 GB/s).
+// Two implementations. bf16 takes tensor cores where the shapes allow: training attention in
+// attention_mma.cuh (qk ≤ 256, v ≤ 128), decoding in mla_decode_mma.cuh (kv_lora 64 to 512); the
+// kernels in this file and attention_tile.cuh are CUDA-core (SIMT) code that serves f32, f64 and the
+// other shapes, and is the tensor-core kernels' fallback.
 //
-// Next steps for speed: tensor-core tile products (mma.sync m16n8k16 on bf16 operands, then wgmma with
-// the K/V tiles brought in by the bulk tensor copy engine, double-buffered on mbarriers, sm_90a), and
-// keeping bf16 tiles in shared memory as bf16. The CUDA-core decode is bound by shared-memory reads
-// (one 16-byte load per four FMAs with one row per lane at kv_lora 512) and by arithmetic: it does
-// 2 · heads · (2 · kv_lora + rope) / ((kv_lora + rope) · sizeof(T)) flops per cache byte, 242 at 128
-// heads in bf16, so it reaches memory bandwidth only on tensor cores, as FlashMLA does.
+// Measured on one H100 SXM (CUDA 13.0, bf16, 2026-11-23; benchmarks/results): training attention at
+// qk 192 / v 128, batch 1 × 16 heads × seq 4096: forward 0.45 ms on tensor cores (189 TFLOP/s of causal
+// attention) against 4.6 ms for the CUDA-core kernel; backward 1.65 ms (136 TFLOP/s) against 23.4 ms.
+// Decode, kv_lora 512 / rope 64, 128 heads, batch 64, 4096 cached positions: 0.315 ms (1017 GB/s,
+// 34 % of copy bandwidth; 232 TFLOP/s) against 6.2 ms for the CUDA-core kernel.
+//
+// The CUDA-core decode is bound by shared-memory reads and arithmetic: it does 2 · heads · (2 ·
+// kv_lora + rope) / ((kv_lora + rope) · sizeof(T)) flops per cache byte, 242 at 128 heads in bf16, so
+// only tensor cores approach memory bandwidth there (as FlashMLA does with wgmma).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -54,41 +57,17 @@
 #include <string>
 #include <utility>
 
+#include "dsx/backend/cuda/attention_mma.cuh"
 #include "dsx/backend/cuda/attention_tile.cuh"
 #include "dsx/backend/cuda/common.cuh"
 #include "dsx/backend/cuda/cuda.cuh"
+#include "dsx/backend/cuda/mla_decode_mma.cuh"
 #include "dsx/core/error.hpp"
 #include "dsx/core/numeric.hpp"
 
 namespace dsx::backend {
 
 namespace cuda_detail {
-
-// One attention problem for attention_forward_kernel. Groups are independent problems (a (batch, head)
-// pair in the forward, a sequence in decoding); in group g, query row r attends to keys 0 ..
-// min(limit_base + r / limit_div, keys − 1).
-template <class T>
-struct attn_forward_params {
-  using A = accum_t<T>;
-  attn_rows<T> q0, q1;  // query row = [q0 | q1] (q1.dim may be 0)
-  attn_rows<T> k0, k1;  // key row = [k0 | k1], laid out like the query
-  attn_rows<T> v;       // value rows, unless v_from_k: then the first v_dim columns of the key
-  bool v_from_k = false;
-  int v_dim = 0;
-  T* o = nullptr;  // output row r of group g: o + b·o_batch + h·o_head + r·o_row
-  std::int64_t o_batch = 0, o_head = 0, o_row = 0;
-  A* lse = nullptr;  // may be null; row r of group g: lse + b·lse_batch + h·lse_head + r
-  std::int64_t lse_batch = 0, lse_head = 0;
-  std::int64_t groups = 0, group_heads = 1, rows = 0, keys = 0;
-  std::int64_t limit_base = 0, limit_div = 1;
-  // Key ranges: split z covers keys [z · split_keys, (z + 1) · split_keys). With splits > 1 blocks write
-  // part_o: (splits, groups, rows, v_dim) and part_lse: (splits, groups, rows) instead of o and lse.
-  int splits = 1;
-  std::int64_t split_keys = 0;
-  A* part_o = nullptr;
-  A* part_lse = nullptr;
-  A scale = A(0);
-};
 
 // Shared memory of attention_forward_kernel in elements of A: query tile, key tile, value tile (unless
 // the values are the key's leading columns) and the probability tile.
@@ -269,19 +248,13 @@ template <class T, int DV>
 void attn_launch_forward(cuda& be, attn_forward_params<T> p, bool allow_split, const char* what) {
   using A = accum_t<T>;
   constexpr int BR = attn_forward_rows<A, DV>;
-  const std::int64_t row_tiles = (p.rows + BR - 1) / BR;
+  const std::int64_t blocks = attn_blocks(p.groups, p.rows, BR, what);
   const std::int64_t key_tiles = (p.keys + attn_cols - 1) / attn_cols;
-  const std::int64_t blocks = p.groups * row_tiles;
-  std::int64_t splits = 1;
-  if (allow_split && blocks < attn_target_blocks)
-    splits = std::max<std::int64_t>(1, std::min((attn_target_blocks + blocks - 1) / blocks,
-                                                key_tiles / attn_min_split_tiles));
-  const std::int64_t tiles_per_split = (key_tiles + splits - 1) / splits;
-  splits = (key_tiles + tiles_per_split - 1) / tiles_per_split;
+  const auto split = allow_split ? attn_key_split(blocks, key_tiles, attn_target_blocks, attn_min_split_tiles)
+                                 : std::pair<std::int64_t, std::int64_t>{1, key_tiles};
+  const std::int64_t splits = split.first, tiles_per_split = split.second;
   p.splits = int(splits);
   p.split_keys = tiles_per_split * attn_cols;
-  require(blocks <= std::int64_t(0x7fffffff), std::string(what) + ": " + std::to_string(blocks) +
-                                                  " blocks exceed a launch's grid");
   if (splits > 1) {
     // One allocation for both partial arrays; the outputs (v_dim values per row) first, 256-aligned.
     const std::size_t part_rows = std::size_t(splits * p.groups * p.rows);
@@ -395,6 +368,16 @@ void attention_forward(cuda& be, T* o, accum_t<T>* lse, const T* q, const T* k, 
   p.rows = seq;
   p.keys = seq;
   p.scale = accum_t<T>(scale);
+  if constexpr (std::is_same_v<T, bf16>) {
+    const int bucket = attn_mma_qk_bucket(qk_dim, v_dim);
+    if (bucket && attn_mma_rows_ok(p.q0) && attn_mma_rows_ok(p.k0) && attn_mma_rows_ok(p.v) &&
+        reinterpret_cast<std::uintptr_t>(o) % 4 == 0) {
+      attn_mma_dispatch(bucket, [&](auto qk, auto dv) {
+        attn_mma_launch_forward<decltype(qk)::value, decltype(dv)::value>(be, p);
+      });
+      return;
+    }
+  }
   attn_dispatch_dim<64, 128, 256>(v_dim, "cuda attention_forward: v_dim", [&](auto bucket) {
     attn_launch_forward<T, decltype(bucket)::value>(be, p, false, "cuda attention_forward");
   });
@@ -480,6 +463,12 @@ void mla_decode_attention(cuda& be, T* o_lat, const T* q_lat, const T* q_pe, con
                                              ".." + std::to_string(start_pos + new_tokens - 1) +
                                              " do not fit the cache of " + std::to_string(cap) + " positions");
   if (batch == 0 || new_tokens == 0 || heads == 0) return;
+  if constexpr (std::is_same_v<T, bf16>)
+    if (mla_decode_mma_supported(be, kv_lora, rope, o_lat, q_lat, q_pe, cache_c_kv, cache_k_pe)) {
+      mla_decode_mma(be, o_lat, q_lat, q_pe, cache_c_kv, cache_k_pe, batch, new_tokens, heads, kv_lora, rope, cap,
+                     start_pos, scale);
+      return;
+    }
   attn_forward_params<T> p;
   const std::int64_t rows = new_tokens * heads;  // row r of sequence b: new token r / heads, head r % heads
   p.q0 = make_attn_rows(q_lat, rows * kv_lora, 0, kv_lora, kv_lora);

@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <string>
 
+#include "dsx/backend/cuda/attention_mma.cuh"
 #include "dsx/backend/cuda/attention_tile.cuh"
 #include "dsx/backend/cuda/common.cuh"
 #include "dsx/backend/cuda/cuda.cuh"
@@ -30,19 +31,6 @@
 namespace dsx::backend {
 
 namespace cuda_detail {
-
-// The tensors of attention_backward in the forward layout: group g = b · heads + h, row = token.
-template <class T>
-struct attn_backward_params {
-  using A = accum_t<T>;
-  attn_rows<T> q, k, v, dout;
-  const A* lse = nullptr;  // (batch, heads, seq)
-  const A* dd = nullptr;   // D: (batch, heads, seq)
-  T *dq = nullptr, *dk = nullptr, *dv = nullptr;  // like q, k, v
-  std::int64_t groups = 0, heads = 0, seq = 0;
-  int qk_dim = 0, v_dim = 0;
-  A scale = A(0);
-};
 
 // D[(b · heads + h) · seq + i] = Σ_d dO[b, i, h, d] · O[b, i, h, d]; one warp per row.
 template <class T>
@@ -279,9 +267,7 @@ template <class T, int QK, int DV>
 void attn_launch_dkv(cuda& be, const attn_backward_params<T>& p) {
   using A = accum_t<T>;
   constexpr int BR = attn_dkv_rows<A, QK, DV>;
-  const std::int64_t blocks = p.groups * ((p.seq + BR - 1) / BR);
-  require(blocks <= std::int64_t(0x7fffffff), "cuda attention_backward: " + std::to_string(blocks) +
-                                                  " blocks exceed a launch's grid");
+  const std::int64_t blocks = attn_blocks(p.groups, p.seq, BR, "cuda attention_backward");
   const std::size_t smem = attn_dkv_smem<A>(BR, p.qk_dim, p.v_dim);
   attn_prepare_smem(be, attention_backward_dkv_kernel<T, QK, DV>, smem, "cuda attention_backward (dK, dV)");
   attention_backward_dkv_kernel<T, QK, DV><<<unsigned(blocks), attn_threads, smem, be.stream()>>>(p);
@@ -292,9 +278,7 @@ template <class T, int QK>
 void attn_launch_dq(cuda& be, const attn_backward_params<T>& p) {
   using A = accum_t<T>;
   constexpr int BR = attn_dq_rows<A, QK>;
-  const std::int64_t blocks = p.groups * ((p.seq + BR - 1) / BR);
-  require(blocks <= std::int64_t(0x7fffffff), "cuda attention_backward: " + std::to_string(blocks) +
-                                                  " blocks exceed a launch's grid");
+  const std::int64_t blocks = attn_blocks(p.groups, p.seq, BR, "cuda attention_backward");
   const std::size_t smem = attn_dq_smem<A>(BR, p.qk_dim, p.v_dim);
   attn_prepare_smem(be, attention_backward_dq_kernel<T, QK>, smem, "cuda attention_backward (dQ)");
   attention_backward_dq_kernel<T, QK><<<unsigned(blocks), attn_threads, smem, be.stream()>>>(p);
@@ -344,6 +328,17 @@ void attention_backward(cuda& be, T* dq, T* dk, T* dv, const T* dout, const T* q
       dd, dout, o, batch, seq, heads, v_dim);
   DSX_CUDA_CHECK_LAUNCH("attention_row_dot_kernel");
 
+  if constexpr (std::is_same_v<T, bf16>) {
+    const int bucket = attn_mma_qk_bucket(qk_dim, v_dim);
+    auto aligned4 = [](const void* ptr) { return reinterpret_cast<std::uintptr_t>(ptr) % 4 == 0; };
+    if (bucket && attn_mma_rows_ok(p.q) && attn_mma_rows_ok(p.k) && attn_mma_rows_ok(p.v) &&
+        attn_mma_rows_ok(p.dout) && aligned4(dq) && aligned4(dk) && aligned4(dv)) {
+      attn_mma_dispatch(bucket, [&](auto qk, auto dvb) {
+        attn_mma_launch_backward<decltype(qk)::value, decltype(dvb)::value>(be, p);
+      });
+      return;
+    }
+  }
   // dK, dV: (qk, v) buckets; the first that holds both dimensions.
   if (qk_dim <= 64 && v_dim <= 64)
     attn_launch_dkv<T, 64, 64>(be, p);

@@ -1,8 +1,8 @@
-// Building blocks of the attention kernels (attention.cuh, attention_backward.cuh): the warp tiling,
-// the loaders that stage rows of a tensor in shared memory, the two tile products and the online-softmax
-// update. Everything runs on CUDA cores in the accumulation type A = accum_t<T> (SIMT); the tensor-core
-// versions (mma.sync, then wgmma on sm_90a) replace `tile_nt` / `tile_nn` and the shared-memory layout,
-// and keep the rest.
+// Building blocks of the attention kernels (attention.cuh, attention_backward.cuh, attention_mma.cuh,
+// mla_decode_mma.cuh): the problem descriptions the kernels take, the warp tiling, the loaders that stage
+// rows of a tensor in shared memory, the two tile products and the online-softmax update of the
+// CUDA-core (SIMT) kernels, which run in the accumulation type A = accum_t<T>. The tensor-core kernels
+// (attention_mma.cuh) take the same problem descriptions with their own tiling.
 //
 // Tiling. A block has 4 warps. It owns `rows` = 4 · 4 · R rows of an operand (queries in the forward,
 // keys in the dK/dV pass) and walks the other operand in tiles of 32 rows (`cols`). A lane is
@@ -19,11 +19,13 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <string>
 #include <type_traits>
+#include <utility>
 
 #include "dsx/backend/cuda/common.cuh"
 #include "dsx/backend/cuda/cuda.cuh"
@@ -89,6 +91,45 @@ attn_rows<T> make_attn_rows(const T* ptr, std::int64_t batch_stride, std::int64_
           row_stride % w == 0 && dim % w == 0;
   return r;
 }
+
+// One attention problem for attention_forward_kernel. Groups are independent problems (a (batch, head)
+// pair in the forward, a sequence in decoding); in group g, query row r attends to keys 0 ..
+// min(limit_base + r / limit_div, keys − 1).
+template <class T>
+struct attn_forward_params {
+  using A = accum_t<T>;
+  attn_rows<T> q0, q1;  // query row = [q0 | q1] (q1.dim may be 0)
+  attn_rows<T> k0, k1;  // key row = [k0 | k1], laid out like the query
+  attn_rows<T> v;       // value rows, unless v_from_k: then the first v_dim columns of the key
+  bool v_from_k = false;
+  int v_dim = 0;
+  T* o = nullptr;  // output row r of group g: o + b·o_batch + h·o_head + r·o_row
+  std::int64_t o_batch = 0, o_head = 0, o_row = 0;
+  A* lse = nullptr;  // may be null; row r of group g: lse + b·lse_batch + h·lse_head + r
+  std::int64_t lse_batch = 0, lse_head = 0;
+  std::int64_t groups = 0, group_heads = 1, rows = 0, keys = 0;
+  std::int64_t limit_base = 0, limit_div = 1;
+  // Key ranges: split z covers keys [z · split_keys, (z + 1) · split_keys). With splits > 1 blocks write
+  // part_o: (splits, groups, rows, v_dim) and part_lse: (splits, groups, rows) instead of o and lse.
+  int splits = 1;
+  std::int64_t split_keys = 0;
+  A* part_o = nullptr;
+  A* part_lse = nullptr;
+  A scale = A(0);
+};
+
+// The tensors of attention_backward in the forward layout: group g = b · heads + h, row = token.
+template <class T>
+struct attn_backward_params {
+  using A = accum_t<T>;
+  attn_rows<T> q, k, v, dout;
+  const A* lse = nullptr;  // (batch, heads, seq)
+  const A* dd = nullptr;   // D: (batch, heads, seq)
+  T *dq = nullptr, *dk = nullptr, *dv = nullptr;  // like q, k, v
+  std::int64_t groups = 0, heads = 0, seq = 0;
+  int qk_dim = 0, v_dim = 0;
+  A scale = A(0);
+};
 
 // Copies rows first .. first + tile_rows − 1 of `src` (group b, h) into dst[r · stride + col0 + d] as A,
 // d < src.dim; rows at or past `end` become zeros. All threads of the block take part.
@@ -234,6 +275,27 @@ void attn_prepare_smem(cuda& be, Kernel kernel, std::size_t bytes, const std::st
                                            std::to_string(limit));
   if (bytes > 48 * 1024)
     DSX_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+}
+
+// Blocks of a launch over `groups` problems of `rows` rows, `per_block` rows to a block; dsx::error naming
+// `what` when a launch's grid cannot hold them.
+inline std::int64_t attn_blocks(std::int64_t groups, std::int64_t rows, std::int64_t per_block,
+                                const std::string& what) {
+  const std::int64_t blocks = groups * ((rows + per_block - 1) / per_block);
+  require(blocks <= std::int64_t(0x7fffffff), what + ": " + std::to_string(blocks) + " blocks exceed a launch's grid");
+  return blocks;
+}
+
+// How a decode launch cuts the cache into key ranges: with fewer than `target_blocks` blocks, ranges of
+// whole tiles (at least `min_tiles` each) so that the blocks times the ranges reach the target. Returns
+// {ranges, tiles per range}; the ranges depend on the sizes only, so results do not depend on the GPU.
+inline std::pair<std::int64_t, std::int64_t> attn_key_split(std::int64_t blocks, std::int64_t key_tiles,
+                                                            std::int64_t target_blocks, std::int64_t min_tiles) {
+  std::int64_t splits = 1;
+  if (blocks < target_blocks)
+    splits = std::max<std::int64_t>(1, std::min((target_blocks + blocks - 1) / blocks, key_tiles / min_tiles));
+  const std::int64_t per_split = (key_tiles + splits - 1) / splits;
+  return {(key_tiles + per_split - 1) / per_split, per_split};
 }
 
 // Calls f(std::integral_constant<int, D>{}) for the first D of the list with D ≥ dim, and throws

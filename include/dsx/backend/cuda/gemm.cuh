@@ -60,14 +60,12 @@ __global__ void scale_matrix_kernel(T* c, std::int64_t ldc, std::int64_t stride,
   }
 }
 
-}  // namespace cuda_detail
-
-// `batch` independent GEMMs whose operands are `stride_*` elements apart.
+// gemm_strided_batched; with `size_class` the GEMM belongs to a family whose sizes vary from call to call
+// (the per-expert GEMMs of moe.cuh) and shares cuBLASLt plans by size class (lt_matmul::run).
 template <class T>
-void gemm_strided_batched(cuda& be, bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k,
-                          double alpha, const T* a, std::int64_t lda, std::int64_t stride_a, const T* b,
-                          std::int64_t ldb, std::int64_t stride_b, double beta, T* c, std::int64_t ldc,
-                          std::int64_t stride_c, std::int64_t batch) {
+void gemm_lt(cuda& be, bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, double alpha,
+             const T* a, std::int64_t lda, std::int64_t stride_a, const T* b, std::int64_t ldb, std::int64_t stride_b,
+             double beta, T* c, std::int64_t ldc, std::int64_t stride_c, std::int64_t batch, bool size_class) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double> || std::is_same_v<T, bf16>,
                 "cuda gemm: storage type must be double, float or bf16");
   using types = cuda_detail::gemm_types<T>;
@@ -121,7 +119,19 @@ void gemm_strided_batched(cuda& be, bool trans_a, bool trans_b, std::int64_t m, 
   p.align_b = align(a, stride_a);
   p.align_c = align(c, stride_c);
   const typename types::scale_t alpha_s(alpha), beta_s(beta);
-  be.matmul().run(p, &alpha_s, b, a, &beta_s, c, be.stream());
+  be.matmul().run(p, &alpha_s, b, a, &beta_s, c, be.stream(), size_class);
+}
+
+}  // namespace cuda_detail
+
+// `batch` independent GEMMs whose operands are `stride_*` elements apart.
+template <class T>
+void gemm_strided_batched(cuda& be, bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k,
+                          double alpha, const T* a, std::int64_t lda, std::int64_t stride_a, const T* b,
+                          std::int64_t ldb, std::int64_t stride_b, double beta, T* c, std::int64_t ldc,
+                          std::int64_t stride_c, std::int64_t batch) {
+  cuda_detail::gemm_lt(be, trans_a, trans_b, m, n, k, alpha, a, lda, stride_a, b, ldb, stride_b, beta, c, ldc,
+                       stride_c, batch, false);
 }
 
 template <class T>

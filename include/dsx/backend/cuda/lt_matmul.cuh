@@ -9,6 +9,7 @@
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -81,9 +82,12 @@ class lt_matmul {
   }
 
   // Enqueues the matmul on `stream`. alpha and beta point to host values of the problem's scale type.
+  // `size_class`: the problem is one of a family whose sizes change from call to call (the per-expert
+  // GEMMs of an MoE layer get a new row count per expert and step); such problems share one heuristic
+  // answer per size class (see plan_for_class) instead of a query per distinct size.
   void run(const lt_problem& p, const void* alpha, const void* a, const void* b, const void* beta, void* c,
-           cudaStream_t stream) {
-    const plan& pl = plan_for(p);
+           cudaStream_t stream, bool size_class = false) {
+    const plan& pl = size_class ? plan_for_class(p) : plan_for(p);
     DSX_CUBLAS_CHECK(cublasLtMatmul(handle_, pl.op, alpha, a, pl.a, b, pl.b, beta, c, pl.c, c, pl.c, &pl.algo,
                                     workspace_, workspace_bytes_, stream));
   }
@@ -107,8 +111,10 @@ class lt_matmul {
     return true;
   }
 
-  // How often the heuristic ran and how many plans are cached (tests check that repeats hit the cache).
+  // How often the heuristic ran, how many plans are cached, and how many plans took their algorithm from
+  // their size class (tests check that repeats and size classes hit the cache).
   std::size_t heuristic_queries() const { return queries_; }
+  std::size_t class_reuses() const { return class_reuses_; }
   std::size_t cached_plans() const { return plans_.size(); }
 
  private:
@@ -157,16 +163,44 @@ class lt_matmul {
     return *pl;
   }
 
-  // The cached plan of `p`, made on first use. With no algorithm: an ordinary GEMM throws; an FP8
-  // block-scaled one (also when the heuristic answers "not supported") gives nullptr, remembered in
-  // `unsupported_` so that the fallback is chosen without asking again.
-  const plan* find_plan(const lt_problem& p) {
-    if (auto it = plans_.find(p); it != plans_.end()) return &it->second;
-    if (unsupported_.count(p)) return nullptr;
+  // m, n and k rounded up to powers of two: problems of one class differ only in sizes within a factor
+  // of two, where one algorithm (tile shape, stages, split) serves them all about equally well.
+  static lt_problem size_class_of(lt_problem p) {
+    auto up = [](std::int64_t v) { return std::int64_t(std::bit_ceil(std::uint64_t(v))); };
+    p.m = up(p.m);
+    p.n = up(p.n);
+    p.k = up(p.k);
+    return p;
+  }
+
+  // The plan of a problem of a varying family: cached as usual once made; on a miss the algorithm that
+  // the heuristic gave the first problem of its size class is taken if cublasLtMatmulAlgoCheck accepts it
+  // for this one (and its workspace fits), which costs descriptors and a check instead of a heuristic
+  // query (that query costs about as much as a whole expert's GEMM); otherwise this problem gets its own
+  // query and its algorithm becomes the class's.
+  const plan& plan_for_class(const lt_problem& p) {
+    if (auto it = plans_.find(p); it != plans_.end()) return it->second;
+    const lt_problem cls = size_class_of(p);
+    if (auto it = class_algos_.find(cls); it != class_algos_.end()) {
+      plan pl = make_descriptors(p);
+      cublasLtMatmulHeuristicResult_t checked{};
+      if (cublasLtMatmulAlgoCheck(handle_, pl.op, pl.a, pl.b, pl.c, pl.c, &it->second, &checked) ==
+              CUBLAS_STATUS_SUCCESS &&
+          checked.workspaceSize <= workspace_bytes_) {
+        pl.algo = it->second;
+        ++class_reuses_;
+        return plans_.emplace(p, pl).first->second;
+      }
+      destroy(pl);
+    }
+    const plan& pl = plan_for(p);
+    class_algos_.insert_or_assign(cls, pl.algo);
+    return pl;
+  }
+
+  // The operation and layout descriptors of `p` (no algorithm yet); the caller owns them.
+  static plan make_descriptors(const lt_problem& p) {
     plan pl;
-    cublasLtMatmulHeuristicResult_t result{};
-    int found = 0;
-    cublasLtMatmulPreference_t pref = nullptr;
     try {
       DSX_CUBLAS_CHECK(cublasLtMatmulDescCreate(&pl.op, p.compute, p.scale));
       DSX_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(pl.op, CUBLASLT_MATMUL_DESC_TRANSA, &p.op_a, sizeof(p.op_a)));
@@ -181,7 +215,24 @@ class lt_matmul {
         DSX_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(pl.op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &p.scale_mode_b,
                                                         sizeof(p.scale_mode_b)));
       }
+    } catch (...) {
+      destroy(pl);
+      throw;
+    }
+    return pl;
+  }
 
+  // The cached plan of `p`, made on first use. With no algorithm: an ordinary GEMM throws; an FP8
+  // block-scaled one (also when the heuristic answers "not supported") gives nullptr, remembered in
+  // `unsupported_` so that the fallback is chosen without asking again.
+  const plan* find_plan(const lt_problem& p) {
+    if (auto it = plans_.find(p); it != plans_.end()) return &it->second;
+    if (unsupported_.count(p)) return nullptr;
+    plan pl = make_descriptors(p);
+    cublasLtMatmulHeuristicResult_t result{};
+    int found = 0;
+    cublasLtMatmulPreference_t pref = nullptr;
+    try {
       DSX_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
       const std::uint64_t ws = workspace_bytes_;
       DSX_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
@@ -225,8 +276,9 @@ class lt_matmul {
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_ = nullptr;
   std::size_t workspace_bytes_ = 0;
-  std::size_t queries_ = 0;
+  std::size_t queries_ = 0, class_reuses_ = 0;
   std::unordered_map<lt_problem, plan, lt_problem_hash> plans_;
+  std::unordered_map<lt_problem, cublasLtMatmulAlgo_t, lt_problem_hash> class_algos_;  // by size_class_of
   std::unordered_set<lt_problem, lt_problem_hash> unsupported_;
 };
 
