@@ -281,42 +281,68 @@ inline void attn_require_non_negative(const char* what,
     require(value >= 0, std::string(what) + ": " + name + " must not be negative, got " + std::to_string(value));
 }
 
-template <class T>
+// The gathers move W elements at a time (16 bytes when every row start and width allows it, else 1):
+// one thread per W-element chunk of an output row, so the index arithmetic is paid once per chunk.
+// Row r = t · heads + h of k is [kv[r, 0 .. nope) | k_pe[t]], of v kv[r, nope ..).
+template <class T, int W>
 __global__ void mla_expand_kv_kernel(T* k, T* v, const T* kv, const T* k_pe, std::int64_t pe_stride,
                                      std::int64_t rows, std::int64_t heads, std::int64_t nope, std::int64_t rope,
                                      std::int64_t v_dim) {
-  const std::int64_t qk = nope + rope, kv_row = nope + v_dim, nk = rows * qk, total = nk + rows * v_dim;
-  for (std::int64_t e = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
+  const std::int64_t qk = nope + rope, kv_row = nope + v_dim, per_row = (qk + v_dim) / W;
+  for (std::int64_t e = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < rows * per_row;
        e += std::int64_t(gridDim.x) * blockDim.x) {
-    if (e < nk) {
-      const std::int64_t row = e / qk, d = e % qk;
-      k[e] = d < nope ? kv[row * kv_row + d] : k_pe[row / heads * pe_stride + d - nope];
-    } else {
-      const std::int64_t f = e - nk, row = f / v_dim, d = f % v_dim;
-      v[f] = kv[row * kv_row + nope + d];
-    }
+    const std::int64_t row = e / per_row, d = e % per_row * W;
+    if (d < nope)
+      store<W>(k + row * qk + d, load<W>(kv + row * kv_row + d));
+    else if (d < qk)
+      store<W>(k + row * qk + d, load<W>(k_pe + row / heads * pe_stride + d - nope));
+    else
+      store<W>(v + row * v_dim + d - qk, load<W>(kv + row * kv_row + nope + d - qk));
   }
 }
 
-template <class T>
+// Row r of dkv is [dk[r, 0 .. nope) | dv[r]]; d_pe[t] is the sum over heads of dk[t · heads + h, nope ..),
+// added in head order in accum_t<T> as the host does (so the bits agree).
+template <class T, int W>
 __global__ void mla_expand_kv_backward_kernel(T* dkv, T* d_pe, std::int64_t pe_stride, const T* dk, const T* dv,
                                               std::int64_t tokens, std::int64_t heads, std::int64_t nope,
                                               std::int64_t rope, std::int64_t v_dim) {
   using A = accum_t<T>;
-  const std::int64_t qk = nope + rope, kv_row = nope + v_dim, nkv = tokens * heads * kv_row;
-  const std::int64_t total = nkv + tokens * rope;
+  const std::int64_t qk = nope + rope, kv_row = nope + v_dim, per_row = kv_row / W;
+  const std::int64_t copies = tokens * heads * per_row, total = copies + tokens * (rope / W);
   for (std::int64_t e = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
        e += std::int64_t(gridDim.x) * blockDim.x) {
-    if (e < nkv) {
-      const std::int64_t row = e / kv_row, d = e % kv_row;
-      dkv[e] = d < nope ? dk[row * qk + d] : dv[row * v_dim + d - nope];
+    if (e < copies) {
+      const std::int64_t row = e / per_row, d = e % per_row * W;
+      store<W>(dkv + row * kv_row + d, d < nope ? load<W>(dk + row * qk + d) : load<W>(dv + row * v_dim + d - nope));
     } else {
-      const std::int64_t f = e - nkv, t = f / rope, d = f % rope;
-      A s = 0;
-      for (std::int64_t h = 0; h < heads; ++h) s += A(dk[(t * heads + h) * qk + nope + d]);  // the host's order
-      d_pe[t * pe_stride + d] = T(s);
+      const std::int64_t f = e - copies, t = f / (rope / W), d = f % (rope / W) * W;
+      A s[W] = {};
+      for (std::int64_t h = 0; h < heads; ++h) {
+        const auto x = load<W>(dk + (t * heads + h) * qk + nope + d);
+#pragma unroll
+        for (int u = 0; u < W; ++u) s[u] += A(x.v[u]);
+      }
+      pack<T, W> out;
+#pragma unroll
+      for (int u = 0; u < W; ++u) out.v[u] = T(s[u]);
+      store<W>(d_pe + t * pe_stride + d, out);
     }
   }
+}
+
+// Calls f(integral_constant<W>) with W = vec_width<T> when every pointer is 16-byte aligned and every
+// width and stride a multiple of it, else with W = 1.
+template <class T, class F>
+void mla_gather_width(std::initializer_list<const void*> ptrs, std::initializer_list<std::int64_t> sizes, F&& f) {
+  constexpr int w = vec_width<T>;
+  bool vec = true;
+  for (const void* ptr : ptrs) vec = vec && reinterpret_cast<std::uintptr_t>(ptr) % 16 == 0;
+  for (std::int64_t n : sizes) vec = vec && n % w == 0;
+  if (vec)
+    f(std::integral_constant<int, w>{});
+  else
+    f(std::integral_constant<int, 1>{});
 }
 
 template <class T>
@@ -397,9 +423,12 @@ void mla_expand_kv(cuda& be, T* k, T* v, const T* kv, const T* k_pe, std::int64_
   const std::int64_t total = tokens * heads * (nope + rope + v_dim);
   if (total == 0) return;
   constexpr unsigned threads = 256;
-  mla_expand_kv_kernel<T><<<grid_for(total, threads), threads, 0, be.stream()>>>(
-      k, v, kv, k_pe, pe_stride, tokens * heads, heads, nope, rope, v_dim);
-  DSX_CUDA_CHECK_LAUNCH("mla_expand_kv_kernel");
+  mla_gather_width<T>({k, v, kv, k_pe}, {nope, rope, v_dim, pe_stride}, [&](auto width) {
+    constexpr int W = decltype(width)::value;
+    mla_expand_kv_kernel<T, W><<<grid_for(total / W, threads), threads, 0, be.stream()>>>(
+        k, v, kv, k_pe, pe_stride, tokens * heads, heads, nope, rope, v_dim);
+    DSX_CUDA_CHECK_LAUNCH("mla_expand_kv_kernel");
+  });
 }
 
 // Adjoint of mla_expand_kv: dkv: (tokens, heads, nope + v_dim) (=); d_pe: (tokens, rope) at row stride
@@ -416,9 +445,12 @@ void mla_expand_kv_backward(cuda& be, T* dkv, T* d_pe, std::int64_t pe_stride, c
   const std::int64_t total = tokens * heads * (nope + v_dim) + tokens * rope;
   if (total == 0) return;
   constexpr unsigned threads = 256;
-  mla_expand_kv_backward_kernel<T><<<grid_for(total, threads), threads, 0, be.stream()>>>(
-      dkv, d_pe, pe_stride, dk, dv, tokens, heads, nope, rope, v_dim);
-  DSX_CUDA_CHECK_LAUNCH("mla_expand_kv_backward_kernel");
+  mla_gather_width<T>({dkv, d_pe, dk, dv}, {nope, rope, v_dim, pe_stride}, [&](auto width) {
+    constexpr int W = decltype(width)::value;
+    mla_expand_kv_backward_kernel<T, W><<<grid_for(total / W, threads), threads, 0, be.stream()>>>(
+        dkv, d_pe, pe_stride, dk, dv, tokens, heads, nope, rope, v_dim);
+    DSX_CUDA_CHECK_LAUNCH("mla_expand_kv_backward_kernel");
+  });
 }
 
 // Writes the new tokens' latent entries into the cache at positions start_pos .. start_pos + new_tokens − 1
