@@ -7,7 +7,10 @@
 // buffer (transposed iff trans_a) into an (n, m) result, and no data moves.
 //
 // Types: f32 (f32 accumulation; TF32 tensor-core rounding only with cuda_options::tf32), f64, and bf16
-// storage with f32 accumulation. beta = 0 never reads C (NaN in C is overwritten), as in BLAS.
+// storage with f32 accumulation. beta = 0 never reads C (NaN in C is overwritten), as in BLAS. With bf16
+// and beta ≠ 0, cuBLASLt rounds alpha·op(A)·op(B) to bf16 before adding beta·C (measured on an H100,
+// cuBLASLt 13.1), so C += A·B carries up to half an ulp of the product besides the sum's rounding; the
+// host backend rounds once. Gradient accumulation in bf16 storage sees that extra rounding.
 #pragma once
 
 #include <cublasLt.h>
