@@ -283,9 +283,9 @@ std::vector<double> download_strided(cuda_backend& be, const T* p, std::int64_t 
 
 // One element `got` of a GEMM result against its f64 reference ref = beta·c_before + Σ a·b. Passes when
 // |got − ref| ≤ tol = 2⁻⁷|ref| + 1e-4 Σ|a·b| (bf16 rounding of the result plus f32 accumulation), plus
-// 2⁻⁸|Σ a·b| when beta ≠ 0: cuBLASLt's bf16 kernels round the product to bf16 before adding beta·C
-// (measured on an H100 with cuBLASLt 13.1: with C = −bf16(A·B) every result came back 0, a mean error of
-// 0.25 ulp of the product), so a sum that cancels keeps the product's rounding. All far below the
+// 2⁻⁸|Σ a·b| when beta ≠ 0: cuBLASLt's bf16 kernel rounded the product to bf16 before adding beta·C
+// (measured on an H100 with cuBLASLt 13.1 at 2048 × 512 × 384: with C = −bf16(A·B) every result came back
+// 0, a mean error of 0.25 ulp of the product), so a sum that cancels keeps the product's rounding. All far below the
 // O(√k) error of a wrong row or column; *ratio = |got − ref| / tol.
 inline bool dot_matches(const std::vector<double>& a, const std::vector<double>& b, double c_before, double beta,
                         double got, double* ratio) {

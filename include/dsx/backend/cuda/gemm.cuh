@@ -8,9 +8,9 @@
 //
 // Types: f32 (f32 accumulation; TF32 tensor-core rounding only with cuda_options::tf32), f64, and bf16
 // storage with f32 accumulation. beta = 0 never reads C (NaN in C is overwritten), as in BLAS. With bf16
-// and beta ≠ 0, cuBLASLt rounds alpha·op(A)·op(B) to bf16 before adding beta·C (measured on an H100,
-// cuBLASLt 13.1), so C += A·B carries up to half an ulp of the product besides the sum's rounding; the
-// host backend rounds once. Gradient accumulation in bf16 storage sees that extra rounding.
+// and beta ≠ 0, cuBLASLt's kernel rounded alpha·op(A)·op(B) to bf16 before adding beta·C (measured on an
+// H100 with cuBLASLt 13.1 at gpu_1b's expert weight-gradient shape, 2048 × 512 × 384), so C += A·B can
+// carry half an ulp of the product besides the sum's rounding; the host backend rounds once.
 #pragma once
 
 #include <cublasLt.h>
