@@ -110,24 +110,34 @@ __device__ __forceinline__ void mma_frag_b_kn(std::uint32_t (&b)[4], const bf16*
   ldmatrix_x4_trans(b, tile + (k0 + lane % 8 + lane / 8 % 2 * 8) * stride + n0 + lane / 16 * 8);
 }
 
-// acc[n] += A · B over the n-tiles of `width` columns, where A (16 × 16·KS) comes as bf16 A fragments
-// in registers and B from a [k][n] tile in shared memory (rows k0 ..).
-template <int KS, int NT>
-__device__ __forceinline__ void mma_acc_kn(float (&acc)[NT][4], const std::uint32_t (&a)[KS][4], const bf16* tile,
-                                           int stride) {
+// acc[n] += a · B over the NT n-tiles for one k-step (rows k0 .. k0 + 15 of B): a is the bf16 A fragment
+// of 16 rows, B a tile in shared memory stored [k][n] (KN: values of keys against their columns) or
+// [n][k] (keys against their head dimension).
+template <bool KN, int NT>
+__device__ __forceinline__ void mma_step(float (&acc)[NT][4], const std::uint32_t (&a)[4], const bf16* tile,
+                                         int stride, int k0) {
 #pragma unroll
-  for (int ks = 0; ks < KS; ++ks)
+  for (int np = 0; np < NT / 2; ++np) {
+    std::uint32_t b[4];
+    if constexpr (KN)
+      mma_frag_b_kn(b, tile, stride, k0, np * 16);
+    else
+      mma_frag_b_nk(b, tile, stride, np * 16, k0);
+    mma_bf16(acc[2 * np], a, b[0], b[1]);
+    mma_bf16(acc[2 * np + 1], a, b[2], b[3]);
+  }
+}
+
+// acc[n] += A · B over KS k-steps, A (16 × 16·KS) as bf16 A fragments in registers.
+template <bool KN, int KS, int NT>
+__device__ __forceinline__ void mma_acc(float (&acc)[NT][4], const std::uint32_t (&a)[KS][4], const bf16* tile,
+                                        int stride) {
 #pragma unroll
-    for (int np = 0; np < NT / 2; ++np) {
-      std::uint32_t b[4];
-      mma_frag_b_kn(b, tile, stride, ks * 16, np * 16);
-      mma_bf16(acc[2 * np], a[ks], b[0], b[1]);
-      mma_bf16(acc[2 * np + 1], a[ks], b[2], b[3]);
-    }
+  for (int ks = 0; ks < KS; ++ks) mma_step<KN>(acc, a[ks], tile, stride, ks * 16);
 }
 
 // s[n] = X · Yᵀ for 16 rows of X (row-major, at x_row) against NT · 8 rows of Y (stored [n][k]), over
-// KS k-steps of 16: the score tile of a warp.
+// KS k-steps of 16, the A fragments read from shared memory per step: the score tile of a warp.
 template <int KS, int NT>
 __device__ __forceinline__ void mma_scores(float (&s)[NT][4], const bf16* x, int x_stride, int x_row, const bf16* y,
                                            int y_stride) {
@@ -136,13 +146,7 @@ __device__ __forceinline__ void mma_scores(float (&s)[NT][4], const bf16* x, int
   for (int ks = 0; ks < KS; ++ks) {
     std::uint32_t a[4];
     mma_frag_a(a, x, x_stride, x_row, ks * 16);
-#pragma unroll
-    for (int np = 0; np < NT / 2; ++np) {
-      std::uint32_t b[4];
-      mma_frag_b_nk(b, y, y_stride, np * 16, ks * 16);
-      mma_bf16(s[2 * np], a, b[0], b[1]);
-      mma_bf16(s[2 * np + 1], a, b[2], b[3]);
-    }
+    mma_step<false>(s, a, y, y_stride, ks * 16);
   }
 }
 
@@ -245,15 +249,7 @@ __global__ void __launch_bounds__(mma_threads, 2) attention_forward_mma_kernel(c
       const bf16* kt = k_s + buf * BC * SQ;
       float s[NS][4];
       mma_zero(s);
-#pragma unroll
-      for (int ks = 0; ks < KS; ++ks)
-#pragma unroll
-        for (int np = 0; np < NS / 2; ++np) {
-          std::uint32_t bf[4];
-          mma_frag_b_nk(bf, kt, SQ, np * 16, ks * 16);
-          mma_bf16(s[2 * np], qf[ks], bf[0], bf[1]);
-          mma_bf16(s[2 * np + 1], qf[ks], bf[2], bf[3]);
-        }
+      mma_acc<false>(s, qf, kt, SQ);
       const bool mask = k0 + BC - 1 > warp_min;
       float mx_lo = -INFINITY, mx_hi = -INFINITY;
 #pragma unroll
@@ -295,7 +291,7 @@ __global__ void __launch_bounds__(mma_threads, 2) attention_forward_mma_kernel(c
       }
       std::uint32_t pf[NS / 2][4];
       mma_c_to_a(pf, s);
-      mma_acc_kn(o, pf, v_s + buf * BC * SV, SV);
+      mma_acc<true>(o, pf, v_s + buf * BC * SV, SV);
     }
     __syncthreads();  // every warp is done with buffer buf before iteration j + 1 refills it
   }
@@ -399,8 +395,8 @@ __global__ void __launch_bounds__(mma_threads, 2) attention_backward_dkv_mma_ker
       std::uint32_t pf[NS / 2][4], dsf[NS / 2][4];
       mma_c_to_a(pf, s);
       mma_c_to_a(dsf, dp);
-      mma_acc_kn(dv, pf, dot, SV);
-      mma_acc_kn(dk, dsf, qt, SQ);
+      mma_acc<true>(dv, pf, dot, SV);
+      mma_acc<true>(dk, dsf, qt, SQ);
     }
     __syncthreads();
   }
@@ -472,7 +468,7 @@ __global__ void __launch_bounds__(mma_threads, 2) attention_backward_dq_mma_kern
         }
       std::uint32_t dsf[NS / 2][4];
       mma_c_to_a(dsf, dp);
-      mma_acc_kn(dq, dsf, kt, SQ);
+      mma_acc<true>(dq, dsf, kt, SQ);
     }
     __syncthreads();
   }
