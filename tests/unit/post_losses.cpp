@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <numeric>
 #include <span>
 #include <vector>
 
@@ -498,6 +499,24 @@ TEST_CASE("post sampling: draw_token's greedy cases, frequencies and log-probabi
     const auto f = sweep(logits, {.top_p = 0.7}, points);
     CHECK(std::abs(f[1] - p1[1] / (p1[1] + p1[3])) <= tol);
     CHECK(f[0] + f[2] == 0.0);
+  }
+  SECTION("top_p over a wide vocabulary: the nucleus of 300 nearly equal tokens") {
+    // draw_token sorts the first 32, 128, … candidates until the nucleus ends inside them; here it holds
+    // most of the 300 ids, so every stage of that search runs. Reference: a full sort.
+    doubles wide(300);
+    for (std::size_t v = 0; v < wide.size(); ++v) wide[v] = 0.01 * double((v * 37) % 300);
+    const doubles p = softmax(wide, 0.8);
+    std::vector<std::size_t> ids(wide.size());
+    std::iota(ids.begin(), ids.end(), std::size_t(0));
+    std::sort(ids.begin(), ids.end(), [&](std::size_t a, std::size_t b) { return wide[a] > wide[b]; });
+    double mass = 0;
+    std::size_t cut = 0;
+    while (mass < 0.9) mass += p[ids[cut++]];
+    REQUIRE(cut > 128);
+    doubles expected(wide.size(), 0.0);
+    for (std::size_t i = 0; i < cut; ++i) expected[ids[i]] = p[ids[i]] / mass;
+    const auto f = sweep(wide, {.temperature = 0.8, .top_p = 0.9}, points);
+    for (std::size_t v = 0; v < wide.size(); ++v) CHECK(std::abs(f[v] - expected[v]) <= tol);
   }
   SECTION("option checks") {
     CHECK_THROWS_WITH(dsx::post::sampling_options{.temperature = -1}.check(), Catch::Contains("temperature"));
