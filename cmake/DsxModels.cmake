@@ -5,7 +5,7 @@
 #   dsx_add_model(<name> PRESET <c++ constant>)  # e.g. dsx::presets::tiny_v3
 #   ... [CUDA]                                    # with DSX_CUDA: also `verify --device cuda`
 #
-# builds the executable `dsx-<name>` from examples/dsx-tool/main.cpp with the model compiled in: the
+# builds the executable `dsx-<name>` from examples/dsx-tool (main.cpp, post_run.cpp) with the model compiled in: the
 # compile definition DSX_MODEL_HEADER names a header generated at configure time,
 #
 #   <build>/generated/dsx_model_<name>.hpp:
@@ -91,7 +91,9 @@ function(dsx_add_model name)
   if(NOT TARGET CLI11::CLI11)
     find_package(CLI11 2 REQUIRED)
   endif()
-  add_executable(dsx-${name} "${CMAKE_CURRENT_FUNCTION_LIST_DIR}/../examples/dsx-tool/main.cpp")
+  # Two translation units that compile in parallel: the post-training commands (post_run.cpp) and the rest.
+  add_executable(dsx-${name} "${CMAKE_CURRENT_FUNCTION_LIST_DIR}/../examples/dsx-tool/main.cpp"
+                             "${CMAKE_CURRENT_FUNCTION_LIST_DIR}/../examples/dsx-tool/post_run.cpp")
   target_compile_definitions(dsx-${name} PRIVATE "DSX_MODEL_HEADER=\"${header}\"")
   target_link_libraries(dsx-${name} PRIVATE dsx::dsx CLI11::CLI11)
   if(arg_CUDA AND TARGET dsx::cuda)

@@ -91,7 +91,7 @@ int main(int argc, char** argv) {
     if (*tokenize) return dsx::tool::tokenize(tokenizer_path, tokenize_input, add_special);
     if (*train) return dsx::tool::train<dsx_model::config>(train_args);
     for (const CLI::App* c : {post.sft, post.reward_model, post.dpo, post.grpo, post.rejection, post.distill, post.evaluate, post.recipe})
-      if (*c) return dsx::tool::post_tool<dsx_model::config>(post_args).run(post);
+      if (*c) return dsx::tool::run_post(post_args, post);
     if (*bench_sgemm) return dsx::tool::bench_sgemm(threads);
     if (*bench_train)
       return dsx::tool::bench_train<dsx_model::config>(bench_batch, bench_seq, bench_steps, bench_warmup, threads);

@@ -154,6 +154,9 @@ inline post_commands add_post_commands(CLI::App& app, post_args& a) {
   return c;
 }
 
+// Runs the post-training subcommand that `commands` parsed, for the compiled model (post_run.cpp).
+int run_post(const post_args& args, const post_commands& commands);
+
 template <model_config C>
 class post_tool {
  public:

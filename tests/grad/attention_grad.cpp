@@ -15,7 +15,7 @@ using dsx::test::random_vector;
 namespace {
 constexpr double scale = 0.7;
 
-// seq 5 fits one query block of the host attention; seq 150 spans three (64, 64, 22 rows).
+// A short case checked element by element, and a long one (rows of up to 150 keys) checked on a sample.
 struct shape {
   std::int64_t batch, seq, heads, qk_dim, v_dim;
   std::int64_t at(std::int64_t b, std::int64_t t, std::int64_t h, std::int64_t dim) const { return ((b * seq + t) * heads + h) * dim; }
@@ -84,11 +84,14 @@ TEST_CASE("attention_backward: finite-difference gradients of q, k and v", "[gra
     dsx::backend::attention_backward(be, dq.data(), dk.data(), dv.data(), r.data(), q.data(), k.data(), v.data(),
                                      o.data(), lse.data(), batch, seq, heads, qk_dim, v_dim, scale);
     CHECK((all_finite(dq) && all_finite(dk) && all_finite(dv)));
-    // Every element of the short case; 100 spread over each tensor of the long one.
+    // Every element of the short case; 100 spread over each tensor of the long one, whose loss sums 900
+    // terms: its central differences carry more round-off, so relative errors are taken against at least
+    // 1e-2 there (require_gradient's floor; support/gradcheck.hpp explains it).
     const std::size_t checks = seq > 64 ? 100 : std::numeric_limits<std::size_t>::max();
-    for (auto rep : {check_gradient("q", q.data(), dq.data(), q.size(), loss, checks),
-                     check_gradient("k", k.data(), dk.data(), k.size(), loss, checks),
-                     check_gradient("v", v.data(), dv.data(), v.size(), loss, checks)}) {
+    const double floor = seq > 64 ? 1e-2 : 1e-7;
+    for (auto rep : {check_gradient("q", q.data(), dq.data(), q.size(), loss, checks, 1e-6, floor),
+                     check_gradient("k", k.data(), dk.data(), k.size(), loss, checks, 1e-6, floor),
+                     check_gradient("v", v.data(), dv.data(), v.size(), loss, checks, 1e-6, floor)}) {
       INFO(rep.name << " max rel error " << rep.max_rel_error << " over " << rep.checked);
       CHECK(rep.checked > 0);
       CHECK(rep.max_rel_error < 1e-6);

@@ -66,40 +66,31 @@ std::int32_t draw_token(std::span<const T> logits, const sampling_options& o, do
   } else {
     order.resize(std::size_t(vocab));
     std::iota(order.begin(), order.end(), 0);
-    // prob holds the logits by id (the sort keys, read once from T), then e_v = exp((z_v − max) / temperature).
-    prob.resize(std::size_t(vocab));
-    for (std::int64_t v = 0; v < vocab; ++v) prob[std::size_t(v)] = convert<double>(logits[std::size_t(v)]);
-    // Candidates in decreasing logit order, ties to the smaller id: a strict total order, so any sort gives
-    // the same sequence.
-    const auto better = [&](std::int32_t a, std::int32_t b) {
-      return prob[std::size_t(a)] > prob[std::size_t(b)] || (prob[std::size_t(a)] == prob[std::size_t(b)] && a < b);
-    };
-    const auto sort_first = [&](std::int64_t k) { std::partial_sort(order.begin(), order.begin() + k, order.end(), better); };
-    std::int64_t keep = o.top_k > 0 ? std::min<std::int64_t>(o.top_k, vocab) : vocab;  // the top-k cut
-    if (keep < vocab) sort_first(keep);
-    for (auto& z : prob) z = std::exp((z - max) / o.temperature);
-    const auto e = [&](std::int64_t i) { return prob[std::size_t(order[std::size_t(i)])]; };
+    // prob holds the logits by id (the sort keys, read once from T) and then the kept probabilities by rank.
+    prob.resize(std::size_t(2 * vocab));
+    const double* key = prob.data() + vocab;
+    for (std::int64_t v = 0; v < vocab; ++v) prob[std::size_t(vocab + v)] = convert<double>(logits[std::size_t(v)]);
+    // Candidates in decreasing logit order (ties to the smaller id), cut by top-k.
+    std::int64_t keep = o.top_k > 0 ? std::min<std::int64_t>(o.top_k, vocab) : vocab;
+    const auto better = [&](std::int32_t a, std::int32_t b) { return key[a] > key[b] || (key[a] == key[b] && a < b); };
+    if (keep < vocab) std::partial_sort(order.begin(), order.begin() + keep, order.end(), better);
+    else if (o.top_p < 1) std::sort(order.begin(), order.end(), better);
     double total = 0;
-    for (std::int64_t i = 0; i < keep; ++i) total += e(i);
-    if (o.top_p < 1) {
-      // The smallest prefix whose mass reaches top_p. It usually holds a few tokens, so only the first
-      // k candidates are sorted, k growing 32, 128, … until the prefix ends inside them.
+    for (std::int64_t i = 0; i < keep; ++i) {
+      prob[std::size_t(i)] = std::exp((key[order[std::size_t(i)]] - max) / o.temperature);
+      total += prob[std::size_t(i)];
+    }
+    if (o.top_p < 1) {  // the smallest prefix whose mass reaches top_p
       double mass = 0;
       std::int64_t cut = 0;
-      for (std::int64_t k = std::min<std::int64_t>(32, keep);; k = std::min(4 * k, keep)) {
-        if (keep == vocab) sort_first(k);
-        mass = 0;
-        cut = 0;
-        while (cut < k && mass < o.top_p * total) mass += e(cut++);
-        if (mass >= o.top_p * total || k == keep) break;
-      }
+      while (cut < keep && mass < o.top_p * total) mass += prob[std::size_t(cut++)];
       keep = cut;
       total = mass;
     }
     double target = u * total, acc = 0;
     token = order[std::size_t(keep - 1)];
     for (std::int64_t i = 0; i < keep; ++i) {
-      acc += e(i);
+      acc += prob[std::size_t(i)];
       if (target < acc) {
         token = order[std::size_t(i)];
         break;

@@ -10,18 +10,14 @@
 //    (rope), and every head attends to it with the query folded into the latent space.
 //
 // Token t of a sequence attends to the tokens at positions ≤ its own. Arithmetic is in accum_t<T>;
-// loops are OpenMP-parallel over (batch, head) pairs, which never write the same element. The training
-// attention multiplies blocks of query rows with CBLAS (a call inside the parallel loop runs on its
-// thread alone in the OpenMP build of OpenBLAS).
+// loops are OpenMP-parallel over (batch, head) pairs, which never write the same element.
 #pragma once
 
-#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
 #include <vector>
 
-#include "dsx/backend/host/gemm.hpp"
 #include "dsx/backend/host/host.hpp"
 #include "dsx/core/numeric.hpp"
 
@@ -37,70 +33,67 @@ A dot(const T* a, const U* b, std::int64_t n) {
   return s;
 }
 
+// The (rows, cols) block at src with row stride ld, copied to dst in A: row-major (dst[r · cols + c]) or,
+// with transpose, column-major (dst[c · rows + r]). The attention loops run over these contiguous copies
+// so that their innermost loops are unit-stride and vectorise.
+template <class A, class T>
+void pack(A* dst, const T* src, std::int64_t rows, std::int64_t cols, std::int64_t ld, bool transpose) {
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::int64_t c = 0; c < cols; ++c) dst[transpose ? c * rows + r : r * cols + c] = A(src[r * ld + c]);
+}
+
+// s[j] = Σ_d x[d] · mt[d · ld + j] for j < n: a vector times the first n columns of a column-major
+// (d, ld) matrix, vectorised over j.
+template <class A>
+void row_times(A* s, const A* x, const A* mt, std::int64_t d_len, std::int64_t ld, std::int64_t n) {
+  for (std::int64_t j = 0; j < n; ++j) s[j] = 0;
+  for (std::int64_t d = 0; d < d_len; ++d) {
+    const A xd = x[d];
+    const A* m = mt + d * ld;
+#pragma omp simd
+    for (std::int64_t j = 0; j < n; ++j) s[j] += xd * m[j];
+  }
+}
+
 // y[d] += a · x[d] for d < n, in A.
 template <class A, class T>
 void axpy(A* y, A a, const T* x, std::int64_t n) {
 #pragma omp simd
   for (std::int64_t d = 0; d < n; ++d) y[d] += a * A(x[d]);
 }
-
-// The (rows, cols) block at src with row stride ld, copied row-major to dst in A, so that the block
-// products of the attention run on contiguous accum_t<T> operands.
-template <class A, class T>
-void pack(A* dst, const T* src, std::int64_t rows, std::int64_t cols, std::int64_t ld) {
-  for (std::int64_t r = 0; r < rows; ++r)
-    for (std::int64_t c = 0; c < cols; ++c) dst[r * cols + c] = A(src[r * ld + c]);
-}
-
-// Query rows per block of the host attention. A block's scores against the keys it can see,
-// (attention_block × keys), are one GEMM; keys after a row's own position are masked to probability 0.
-inline constexpr std::int64_t attention_block = 64;
 }  // namespace detail
 
 // q, k: (batch, seq, heads, qk_dim); v: (batch, seq, heads, v_dim) → o: (batch, seq, heads, v_dim) (=),
 // lse: (batch, heads, seq) (=). o_i = Σ_{j ≤ i} softmax_j(scale · q_i·k_j) v_j.
-// Per (batch, head), query rows go in blocks of detail::attention_block: the scores S = Q_blk Kᵀ over the
-// keys up to the block's last row and the output P V are GEMMs (CBLAS, in accum_t<T>).
 template <class T>
-void attention_forward(host& be, T* o, accum_t<T>* lse, const T* q, const T* k, const T* v, std::int64_t batch,
+void attention_forward(host&, T* o, accum_t<T>* lse, const T* q, const T* k, const T* v, std::int64_t batch,
                        std::int64_t seq, std::int64_t heads, std::int64_t qk_dim, std::int64_t v_dim, double scale) {
   using A = accum_t<T>;
-  constexpr std::int64_t block = detail::attention_block;
   const std::int64_t qk_row = heads * qk_dim, v_row = heads * v_dim;  // elements between consecutive tokens
-  const std::int64_t rows = std::min(seq, block);
   const auto n = [](std::int64_t x) { return static_cast<std::size_t>(x); };
 #pragma omp parallel
   {
-    // One (batch, head) at a time: its Q, K and V, and one block's scores and unnormalised output.
-    std::vector<A> qs(n(seq * qk_dim)), ks(n(seq * qk_dim)), vs(n(seq * v_dim));
-    std::vector<A> s(n(rows * seq)), acc(n(rows * v_dim)), inv_sum(n(rows));
+    // One (batch, head) at a time: K transposed, V, the scaled query row, scores and the output row.
+    std::vector<A> kt(n(qk_dim * seq)), vs(n(seq * v_dim)), qi(n(qk_dim)), p(n(seq)), acc(n(v_dim));
 #pragma omp for schedule(static) collapse(2)
     for (std::int64_t b = 0; b < batch; ++b)
       for (std::int64_t h = 0; h < heads; ++h) {
-        detail::pack(qs.data(), q + b * seq * qk_row + h * qk_dim, seq, qk_dim, qk_row);
-        detail::pack(ks.data(), k + b * seq * qk_row + h * qk_dim, seq, qk_dim, qk_row);
-        detail::pack(vs.data(), v + b * seq * v_row + h * v_dim, seq, v_dim, v_row);
+        const T* qh = q + b * seq * qk_row + h * qk_dim;
+        detail::pack(kt.data(), k + b * seq * qk_row + h * qk_dim, seq, qk_dim, qk_row, true);
+        detail::pack(vs.data(), v + b * seq * v_row + h * v_dim, seq, v_dim, v_row, false);
         T* oh = o + b * seq * v_row + h * v_dim;
         A* lse_h = lse + (b * heads + h) * seq;
-        for (std::int64_t i0 = 0; i0 < seq; i0 += block) {
-          const std::int64_t r = std::min(block, seq - i0), keys = i0 + r;  // keys 0 .. keys − 1 are visible
-          gemm(be, false, true, r, keys, qk_dim, scale, qs.data() + i0 * qk_dim, qk_dim, ks.data(), qk_dim, 0.0,
-               s.data(), keys);
-          // Row i: exp(s − max) over j ≤ i, 0 after; its sum normalises the output row.
-          for (std::int64_t ii = 0; ii < r; ++ii) {
-            A* si = s.data() + ii * keys;
-            const std::int64_t last = i0 + ii;
-            A mx = -std::numeric_limits<A>::infinity();
-            for (std::int64_t j = 0; j <= last; ++j) mx = si[j] > mx ? si[j] : mx;
-            A sum = 0;
-            for (std::int64_t j = 0; j <= last; ++j) sum += si[j] = std::exp(si[j] - mx);
-            for (std::int64_t j = last + 1; j < keys; ++j) si[j] = 0;
-            lse_h[last] = mx + std::log(sum);
-            inv_sum[n(ii)] = A(1) / sum;
-          }
-          gemm(be, false, false, r, v_dim, keys, 1.0, s.data(), keys, vs.data(), v_dim, 0.0, acc.data(), v_dim);
-          for (std::int64_t ii = 0; ii < r; ++ii)
-            for (std::int64_t d = 0; d < v_dim; ++d) oh[(i0 + ii) * v_row + d] = T(acc[n(ii * v_dim + d)] * inv_sum[n(ii)]);
+        for (std::int64_t i = 0; i < seq; ++i) {
+          for (std::int64_t d = 0; d < qk_dim; ++d) qi[n(d)] = A(scale) * A(qh[i * qk_row + d]);
+          detail::row_times(p.data(), qi.data(), kt.data(), qk_dim, seq, i + 1);
+          A mx = -std::numeric_limits<A>::infinity();
+          for (std::int64_t j = 0; j <= i; ++j) mx = p[n(j)] > mx ? p[n(j)] : mx;
+          A sum = 0;
+          for (std::int64_t j = 0; j <= i; ++j) sum += p[n(j)] = std::exp(p[n(j)] - mx);
+          for (auto& a : acc) a = 0;
+          for (std::int64_t j = 0; j <= i; ++j) detail::axpy(acc.data(), p[n(j)], vs.data() + j * v_dim, v_dim);
+          for (std::int64_t d = 0; d < v_dim; ++d) oh[i * v_row + d] = T(acc[n(d)] / sum);
+          lse_h[i] = mx + std::log(sum);
         }
       }
   }
@@ -109,57 +102,51 @@ void attention_forward(host& be, T* o, accum_t<T>* lse, const T* q, const T* k, 
 // Gradients of attention_forward: dq, dk, dv (=) from dout (shape of o), the forward's inputs, its
 // output o and its lse. With P_ij = exp(scale · q_i·k_j − lse_i), dP_ij = dO_i·v_j, D_i = dO_i·O_i and
 // dS_ij = P_ij (dP_ij − D_i): dq_i = scale Σ_j dS_ij k_j, dk_j = scale Σ_i dS_ij q_i, dv_j = Σ_i P_ij dO_i.
-// Same query blocks as the forward: per block, P and dP are GEMMs over the visible keys, dQ_blk = dS K, and
-// dK, dV of the visible keys accumulate dSᵀ Q_blk and Pᵀ dO_blk.
 template <class T>
-void attention_backward(host& be, T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v, const T* o,
+void attention_backward(host&, T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v, const T* o,
                         const accum_t<T>* lse, std::int64_t batch, std::int64_t seq, std::int64_t heads,
                         std::int64_t qk_dim, std::int64_t v_dim, double scale) {
   using A = accum_t<T>;
-  constexpr std::int64_t block = detail::attention_block;
   const std::int64_t qk_row = heads * qk_dim, v_row = heads * v_dim;
-  const std::int64_t rows = std::min(seq, block);
   const auto n = [](std::int64_t x) { return static_cast<std::size_t>(x); };
 #pragma omp parallel
   {
-    std::vector<A> qs(n(seq * qk_dim)), ks(n(seq * qk_dim)), vs(n(seq * v_dim)), dos(n(seq * v_dim));
-    std::vector<A> dk_acc(n(seq * qk_dim)), dv_acc(n(seq * v_dim)), dq_blk(n(rows * qk_dim));
-    std::vector<A> p(n(rows * seq)), ds(n(rows * seq)), di(n(rows));
+    // Per (batch, head): K row-major (for dq) and transposed (for the scores), V transposed (for dP); dk
+    // and dv gather contributions from every later query, so they accumulate here.
+    std::vector<A> ks(n(seq * qk_dim)), kt(n(qk_dim * seq)), vt(n(v_dim * seq));
+    std::vector<A> dk_acc(n(seq * qk_dim)), dv_acc(n(seq * v_dim));
+    std::vector<A> qi(n(qk_dim)), doi(n(v_dim)), dq_acc(n(qk_dim)), p(n(seq)), ds(n(seq));
 #pragma omp for schedule(static) collapse(2)
     for (std::int64_t b = 0; b < batch; ++b)
       for (std::int64_t h = 0; h < heads; ++h) {
         const std::int64_t qk_base = b * seq * qk_row + h * qk_dim, v_base = b * seq * v_row + h * v_dim;
-        detail::pack(qs.data(), q + qk_base, seq, qk_dim, qk_row);
-        detail::pack(ks.data(), k + qk_base, seq, qk_dim, qk_row);
-        detail::pack(vs.data(), v + v_base, seq, v_dim, v_row);
-        detail::pack(dos.data(), dout + v_base, seq, v_dim, v_row);
+        const T *qh = q + qk_base, *oh = o + v_base, *doh = dout + v_base;
+        detail::pack(ks.data(), k + qk_base, seq, qk_dim, qk_row, false);
+        detail::pack(kt.data(), k + qk_base, seq, qk_dim, qk_row, true);
+        detail::pack(vt.data(), v + v_base, seq, v_dim, v_row, true);
         const A* lse_h = lse + (b * heads + h) * seq;
         for (auto& a : dk_acc) a = 0;
         for (auto& a : dv_acc) a = 0;
-        for (std::int64_t i0 = 0; i0 < seq; i0 += block) {
-          const std::int64_t r = std::min(block, seq - i0), keys = i0 + r;
-          const A* do_blk = dos.data() + i0 * v_dim;
-          for (std::int64_t ii = 0; ii < r; ++ii)
-            di[n(ii)] = detail::dot<A>(do_blk + ii * v_dim, o + v_base + (i0 + ii) * v_row, v_dim);
-          gemm(be, false, true, r, keys, qk_dim, 1.0, qs.data() + i0 * qk_dim, qk_dim, ks.data(), qk_dim, 0.0,
-               p.data(), keys);
-          for (std::int64_t ii = 0; ii < r; ++ii) {  // P = exp(scale · s − lse) over j ≤ i, 0 after
-            A* pi = p.data() + ii * keys;
-            for (std::int64_t j = 0; j <= i0 + ii; ++j) pi[j] = std::exp(A(scale) * pi[j] - lse_h[i0 + ii]);
-            for (std::int64_t j = i0 + ii + 1; j < keys; ++j) pi[j] = 0;
+        for (std::int64_t i = 0; i < seq; ++i) {
+          for (std::int64_t d = 0; d < qk_dim; ++d) qi[n(d)] = A(qh[i * qk_row + d]);
+          for (std::int64_t d = 0; d < v_dim; ++d) doi[n(d)] = A(doh[i * v_row + d]);
+          const A di = detail::dot<A>(doi.data(), oh + i * v_row, v_dim);
+          detail::row_times(p.data(), qi.data(), kt.data(), qk_dim, seq, i + 1);
+          detail::row_times(ds.data(), doi.data(), vt.data(), v_dim, seq, i + 1);
+          for (std::int64_t j = 0; j <= i; ++j) {
+            p[n(j)] = std::exp(A(scale) * p[n(j)] - lse_h[i]);
+            ds[n(j)] = p[n(j)] * (ds[n(j)] - di);
           }
-          gemm(be, false, true, r, keys, v_dim, 1.0, do_blk, v_dim, vs.data(), v_dim, 0.0, ds.data(), keys);
-          for (std::int64_t ii = 0; ii < r; ++ii)
-            for (std::int64_t j = 0; j < keys; ++j) ds[n(ii * keys + j)] = p[n(ii * keys + j)] * (ds[n(ii * keys + j)] - di[n(ii)]);
-          gemm(be, false, false, r, qk_dim, keys, scale, ds.data(), keys, ks.data(), qk_dim, 0.0, dq_blk.data(), qk_dim);
-          gemm(be, true, false, keys, qk_dim, r, scale, ds.data(), keys, qs.data() + i0 * qk_dim, qk_dim, 1.0,
-               dk_acc.data(), qk_dim);
-          gemm(be, true, false, keys, v_dim, r, 1.0, p.data(), keys, do_blk, v_dim, 1.0, dv_acc.data(), v_dim);
-          for (std::int64_t ii = 0; ii < r; ++ii)
-            for (std::int64_t d = 0; d < qk_dim; ++d) dq[qk_base + (i0 + ii) * qk_row + d] = T(dq_blk[n(ii * qk_dim + d)]);
+          for (auto& a : dq_acc) a = 0;
+          for (std::int64_t j = 0; j <= i; ++j) {
+            detail::axpy(dq_acc.data(), ds[n(j)], ks.data() + j * qk_dim, qk_dim);
+            detail::axpy(dk_acc.data() + j * qk_dim, ds[n(j)], qi.data(), qk_dim);
+            detail::axpy(dv_acc.data() + j * v_dim, p[n(j)], doi.data(), v_dim);
+          }
+          for (std::int64_t d = 0; d < qk_dim; ++d) dq[qk_base + i * qk_row + d] = T(A(scale) * dq_acc[n(d)]);
         }
         for (std::int64_t j = 0; j < seq; ++j) {
-          for (std::int64_t d = 0; d < qk_dim; ++d) dk[qk_base + j * qk_row + d] = T(dk_acc[n(j * qk_dim + d)]);
+          for (std::int64_t d = 0; d < qk_dim; ++d) dk[qk_base + j * qk_row + d] = T(A(scale) * dk_acc[n(j * qk_dim + d)]);
           for (std::int64_t d = 0; d < v_dim; ++d) dv[v_base + j * v_row + d] = T(dv_acc[n(j * v_dim + d)]);
         }
       }
