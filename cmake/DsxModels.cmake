@@ -5,8 +5,8 @@
 #   dsx_add_model(<name> PRESET <c++ constant>)  # e.g. dsx::presets::tiny_v3
 #   ... [CUDA]                                    # with DSX_CUDA: also `verify --device cuda`
 #
-# builds the executable `dsx-<name>` from examples/dsx-tool (main.cpp, post_run.cpp) with the model compiled in: the
-# compile definition DSX_MODEL_HEADER names a header generated at configure time,
+# builds the executable `dsx-<name>` from examples/dsx-tool (main.cpp, post_run.cpp) with the model
+# compiled in: the compile definition DSX_MODEL_HEADER names a header generated at configure time,
 #
 #   <build>/generated/dsx_model_<name>.hpp:
 #     #pragma once

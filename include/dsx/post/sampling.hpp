@@ -66,7 +66,8 @@ std::int32_t draw_token(std::span<const T> logits, const sampling_options& o, do
   } else {
     order.resize(std::size_t(vocab));
     std::iota(order.begin(), order.end(), 0);
-    // prob holds the logits by id (the sort keys, read once from T) and then the kept probabilities by rank.
+    // prob's second half holds the logits by id (the sort keys, read once from T), its first half the kept
+    // probabilities by rank.
     prob.resize(std::size_t(2 * vocab));
     const double* key = prob.data() + vocab;
     for (std::int64_t v = 0; v < vocab; ++v) prob[std::size_t(vocab + v)] = convert<double>(logits[std::size_t(v)]);
