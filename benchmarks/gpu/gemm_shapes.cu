@@ -81,11 +81,16 @@ constexpr std::int64_t align_elems = 128;  // 256 bytes of bf16: every operand s
 std::int64_t aligned(std::int64_t elems) { return (elems + align_elems - 1) / align_elems * align_elems; }
 
 // The "FP8 TFLOP/s" cell of a forward case: the case's first operand set quantised (activations 1×128,
-// weights 128×128, E4M3) and C = A·Bᵀ timed through gemm_fp8_block on cuBLASLt's block scaling. The
-// dgrad and wgrad GEMMs would need re-tiled (transposed) quantisation: not measured. One operand set
-// (no rotation), so small shapes may run from L2.
-std::string time_fp8(cuda_backend& be, const gemm_case& g, const bf16* a, const bf16* b, bf16* c) {
-  if (g.pass != "forward") return "n/a";
+// weights 128×128, E4M3) and C = A·Bᵀ timed through gemm_fp8_block on cuBLASLt's block scaling and on the
+// wgmma kernel (fp8_wgmma.cuh). The dgrad and wgrad GEMMs would need re-tiled (transposed) quantisation:
+// not measured. One operand set (no rotation), so small shapes may run from L2. A time of 0: not run.
+struct fp8_timing {
+  std::string cell;
+  double lt_ms = 0, wgmma_ms = 0;
+};
+
+fp8_timing time_fp8(cuda_backend& be, const gemm_case& g, const bf16* a, const bf16* b, bf16* c) {
+  if (g.pass != "forward") return {"n/a"};
   const std::int64_t kb = fp8_block::blocks(g.k);
   device_memory qa(be, std::size_t(g.m * g.k)), qb(be, std::size_t(g.n * g.k));
   device_memory sa(be, std::size_t(g.m * kb) * sizeof(float)),
@@ -96,16 +101,22 @@ std::string time_fp8(cuda_backend& be, const gemm_case& g, const bf16* a, const 
   auto* sb_p = reinterpret_cast<float*>(sb.data());
   quantize_act_1x128(be, qa_p, sa_p, a, g.m, g.k, false);
   quantize_weight_128x128(be, qb_p, sb_p, b, g.n, g.k, false);
-  auto call = [&](std::int64_t) {
-    gemm_fp8_block(be, g.m, g.n, g.k, qa_p, sa_p, qb_p, sb_p, c, backend::fp8_gemm_impl::cublaslt);
+  // Milliseconds of one implementation, 0 when it cannot run the case.
+  const auto time_impl = [&](backend::fp8_gemm_impl impl) {
+    auto call = [&](std::int64_t) { gemm_fp8_block(be, g.m, g.n, g.k, qa_p, sa_p, qb_p, sb_p, c, impl); };
+    try {
+      call(0);
+    } catch (const error&) {
+      return 0.0;
+    }
+    return time_device(be, call, 30, 3, 12).median_ms;
   };
-  try {
-    call(0);
-  } catch (const error&) {
-    return "no cuBLASLt path";
-  }
-  const timing t = time_device(be, call, 30, 3, 12);
-  return strf("%.0f", g.flops() / (t.median_ms * 1e-3) / 1e12);
+  fp8_timing r;
+  r.lt_ms = time_impl(backend::fp8_gemm_impl::cublaslt);
+  r.wgmma_ms = time_impl(backend::fp8_gemm_impl::wgmma);
+  const auto cell = [&](double ms) { return ms > 0 ? strf("%.0f", g.flops() / (ms * 1e-3) / 1e12) : std::string("–"); };
+  r.cell = cell(r.lt_ms) + " / " + cell(r.wgmma_ms);
+  return r;
 }
 
 }  // namespace
@@ -149,7 +160,8 @@ void run_gemm(const section_context& ctx) {
   out.md(
       "bf16 in and out, f32 accumulation, through `gemm(cuda&, ...)` (cuBLASLt). m×n×k with the row-major "
       "transposes of op(A), op(B). FP8 TFLOP/s: forward cases only, `gemm_fp8_block` (E4M3, activations "
-      "1×128 and weights 128×128 f32 block scales, cuBLASLt block scaling) on one operand set, bf16 out.");
+      "1×128 and weights 128×128 f32 block scales) through cuBLASLt's block scaling / through the wgmma "
+      "kernel (– where it does not run), on one operand set, bf16 out.");
   out.md(ceiling > 0 ? strf("Ratios are to the measured bf16 ceiling, %.0f TFLOP/s.", ceiling)
                      : std::string("The bf16 ceiling was not measured: no ratios."));
   out.md("");
@@ -158,6 +170,9 @@ void run_gemm(const section_context& ctx) {
   out.md("|---|---|---|---|---|---|---|---|---|---|---|---|");
 
   double large_flops = 0, large_ms = 0, large_min = 0;
+  // FP8 against bf16 on the same forward cases, per implementation (0 cuBLASLt, 1 wgmma): summed FP8 and
+  // bf16 times of the cases where that implementation ran, all of them and the large ones.
+  double fp8_ms[2] = {}, fp8_bf16_ms[2] = {}, fp8_large_ms[2] = {}, fp8_large_bf16_ms[2] = {};
   int large_count = 0, wrong = 0, done = 0;
   for (const auto& g : cases) {
     if (ctx.seconds_left() < 2) {
@@ -189,11 +204,21 @@ void run_gemm(const section_context& ctx) {
         large_min = large_count == 0 ? tflops : std::min(large_min, tflops);
         ++large_count;
       }
-      const std::string fp8 = time_fp8(be, g, a_of(0), b_of(0), c_of(0));
+      const fp8_timing fp8 = time_fp8(be, g, a_of(0), b_of(0), c_of(0));
+      for (int i = 0; i < 2; ++i) {
+        const double ms = i == 0 ? fp8.lt_ms : fp8.wgmma_ms;
+        if (ms <= 0 || !ok) continue;
+        fp8_ms[i] += ms;
+        fp8_bf16_ms[i] += t.median_ms;
+        if (g.large()) {
+          fp8_large_ms[i] += ms;
+          fp8_large_bf16_ms[i] += t.median_ms;
+        }
+      }
       out.md(strf("| %s | %lld | %s | %s | %s | %lld | %.1f µs | %.0f%% | %.0f%s | %s | %s | %s |",
                   g.model.c_str(), (long long)g.tokens, g.linear.c_str(), g.pass.c_str(), shape_of(g).c_str(),
                   (long long)sets, t.median_ms * 1e3, 100 * t.spread(), tflops, g.large() ? " (large)" : "",
-                  ceiling > 0 ? strf("%.0f%%", 100 * tflops / ceiling).c_str() : "n/a", fp8.c_str(),
+                  ceiling > 0 ? strf("%.0f%%", 100 * tflops / ceiling).c_str() : "n/a", fp8.cell.c_str(),
                   ok ? strf("ok (%s)", check.c_str()).c_str() : strf("**WRONG** (%s)", check.c_str()).c_str()));
       out.log(strf("%s M=%lld %s %s: %.0f TFLOP/s%s", g.model.c_str(), (long long)g.tokens, g.linear.c_str(),
                    g.pass.c_str(), tflops, ok ? "" : " WRONG RESULT"));
@@ -219,6 +244,26 @@ void run_gemm(const section_context& ctx) {
         strf("Large shapes (every dimension ≥ 4096, %d cases): %.0f TFLOP/s over their summed time, slowest "
              "%.0f TFLOP/s.",
              large_count, aggregate, large_min));
+  }
+  out.md("");
+  const char* fp8_names[2] = {"cuBLASLt block scaling", "the wgmma kernel"};
+  const char* fp8_keys[2] = {"fp8_lt_speedup_large", "fp8_wgmma_speedup_large"};
+  for (int i = 0; i < 2; ++i) {
+    if (fp8_ms[i] <= 0) {
+      out.md(strf("FP8 through %s: not run on any case.", fp8_names[i]));
+      continue;
+    }
+    out.md(strf("FP8 through %s against bf16 on the same forward cases: %.2f× over all of them (summed bf16 "
+                "time / summed FP8 time)%s.",
+                fp8_names[i], fp8_bf16_ms[i] / fp8_ms[i],
+                fp8_large_ms[i] > 0
+                    ? strf(", %.2f× over the large ones", fp8_large_bf16_ms[i] / fp8_large_ms[i]).c_str()
+                    : ""));
+    if (fp8_large_ms[i] > 0) out.number(fp8_keys[i], fp8_large_bf16_ms[i] / fp8_large_ms[i]);
+  }
+  if (!be.matmul().last_refusal().empty()) {
+    out.md("cuBLASLt refused block-scaled FP8, last answer: `" + be.matmul().last_refusal() + "`");
+    out.text("fp8_refusal", be.matmul().last_refusal());
   }
   out.number("gemm_wrong", wrong);
   require(wrong == 0, strf("gemm: %d case(s) failed or gave wrong results (see the table)", wrong));

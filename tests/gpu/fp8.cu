@@ -146,18 +146,51 @@ TEST_CASE("FP8 block GEMM: the fallback kernel matches the host reference", "[gp
   CHECK(check_gemm<float>(be, 37, 201, 300, fp8_gemm_impl::automatic, 1e-5) == fp8_gemm_impl::kernel);
 }
 
+TEST_CASE("FP8 block GEMM: the wgmma kernel matches the host reference on Hopper", "[gpu]") {
+  cuda_backend be;
+  if (!dsx::backend::cuda_detail::fp8_wgmma_available(be)) {
+    WARN("no wgmma kernel here (needs compute capability 9.0 and a build with sm_90a code): not checked");
+    device_array<fp8_e4m3> q(be, 128 * 128);
+    device_array<float> s(be, 1);
+    device_array<float> c(be, 128 * 128);
+    CHECK_THROWS_AS(
+        gemm_fp8_block(be, 128, 128, 128, q.get(), s.get(), q.get(), s.get(), c.get(), fp8_gemm_impl::wgmma),
+        dsx::error);
+    return;
+  }
+  // Tensor-core accumulation within a 128-wide block, as cuBLASLt's: tol 1e-3 (see the top).
+  // One whole tile; partial row and column tiles with a partial last K block (304 = 2·128 + 48); several
+  // tiles in both directions with k = 16 (one chunk) and with many K blocks; odd m and n.
+  for (const auto& [m, n, k] : {std::tuple{128, 128, 128}, std::tuple{36, 200, 304}, std::tuple{300, 260, 16},
+                                std::tuple{256, 384, 2048}, std::tuple{37, 201, 144}}) {
+    CHECK(check_gemm<float>(be, m, n, k, fp8_gemm_impl::wgmma, 1e-3) == fp8_gemm_impl::wgmma);
+    CHECK(check_gemm<bf16>(be, m, n, k, fp8_gemm_impl::wgmma, 1e-3) == fp8_gemm_impl::wgmma);
+  }
+  // k not a multiple of 16 is the plain kernel's, automatically; forcing the wgmma kernel on it is an error.
+  CHECK(check_gemm<float>(be, 36, 200, 300, fp8_gemm_impl::automatic, 1e-5) == fp8_gemm_impl::kernel);
+  device_array<fp8_e4m3> q(be, 64 * 72);
+  device_array<float> s(be, 64);
+  device_array<float> c(be, 64 * 64);
+  CHECK_THROWS_AS(gemm_fp8_block(be, 64, 64, 72, q.get(), s.get(), q.get(), s.get(), c.get(), fp8_gemm_impl::wgmma),
+                  dsx::error);
+}
+
 TEST_CASE("FP8 block GEMM through cuBLASLt block scaling where it is offered", "[gpu]") {
   cuda_backend be;
   const bool documented = lt_block_scaling_documented(be);
-  // The cuBLAS documentation lists 128-element and 128×128 block scaling for Hopper, but cuBLASLt 13.1 on an
-  // H100 refused these problems in its heuristic (2026-11-22). Whichever path runs must be correct: the
-  // automatic mode falls back to the kernel when cuBLASLt refuses, and the bound follows the path.
+  // The cuBLAS documentation lists 128-element and 128×128 block scaling for Hopper; cuBLASLt 13.1 on an
+  // H100 refused these problems in its heuristic while the scale pointers were not yet set (2026-11-22).
+  // Whichever path runs must be correct: the automatic mode falls back to the kernel when cuBLASLt
+  // refuses, and the bound follows the path; the refusal's reason is printed.
   // Partial K block (304 = 2·128 + 48), partial weight row block (200), and an aligned larger case.
   for (const auto& [m, n, k] : {std::tuple{36, 200, 304}, std::tuple{64, 256, 512}, std::tuple{128, 384, 1024}}) {
     const fp8_gemm_impl used = check_gemm<float>(be, m, n, k, fp8_gemm_impl::automatic, 1e-3);
     WARN("cuBLASLt " << cublasLtGetVersion() << " (block scaling documented for this device: " << documented
                      << "): " << m << "x" << n << "x" << k << " ran on "
-                     << (used == fp8_gemm_impl::cublaslt ? "cuBLASLt" : "the fallback kernel"));
+                     << (used == fp8_gemm_impl::cublaslt
+                             ? std::string("cuBLASLt")
+                             : std::string(used == fp8_gemm_impl::wgmma ? "the wgmma kernel" : "the plain kernel") +
+                                   "; cuBLASLt's answer: " + be.matmul().last_refusal()));
     if (used == fp8_gemm_impl::cublaslt) {
       // Repeats reuse the cached plan.
       const std::size_t queries = be.matmul().heuristic_queries();

@@ -11,9 +11,11 @@
 // they are first copied into the backend's scratch: activation scales transposed to (ceil(k/128), m)
 // ("N-major"), weight scales as (ceil(n/128), L4) rows with L4 = ceil(k/128) rounded up to 4, zero padded.
 // cuBLASLt further requires m and n multiples of 4, 16-byte aligned operands and K rows (k multiple of 16)
-// and C of type f32 or bf16; when any of that fails, or its heuristic offers no algorithm (another GPU,
-// an older cuBLAS), a plain kernel computes the reference formula instead: per output element an f32 dot
-// over each 128-wide K block, promoted and scaled into an f32 accumulator, as the host does.
+// and C of type f32 or bf16. When any of that fails, or its heuristic offers no algorithm (another GPU,
+// an older cuBLAS), the wgmma kernel of fp8_wgmma.cuh runs it on Hopper (builds with sm_90a code, k a
+// multiple of 16, 16-byte aligned operands); anything else gets a plain kernel of the reference formula:
+// per output element an f32 dot over each 128-wide K block, promoted and scaled into an f32
+// accumulator, as the host does.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -25,14 +27,16 @@
 
 #include "dsx/backend/cuda/common.cuh"
 #include "dsx/backend/cuda/cuda.cuh"
+#include "dsx/backend/cuda/fp8_wgmma.cuh"
 #include "dsx/core/fp8_block.hpp"
 #include "dsx/core/numeric.hpp"
 
 namespace dsx::backend {
 
-// Which implementation gemm_fp8_block uses: cuBLASLt where it can, else the kernel (automatic); or one of
-// them by force (cublaslt throws dsx::error where cuBLASLt cannot run the problem).
-enum class fp8_gemm_impl { automatic, cublaslt, kernel };
+// Which implementation gemm_fp8_block uses: cuBLASLt where it can, else the wgmma kernel where it can,
+// else the plain kernel (automatic); or one of them by force (cublaslt and wgmma throw dsx::error where
+// they cannot run the problem).
+enum class fp8_gemm_impl { automatic, cublaslt, wgmma, kernel };
 
 namespace cuda_detail {
 
@@ -222,7 +226,7 @@ fp8_gemm_impl gemm_fp8_block(cuda& be, std::int64_t m, std::int64_t n, std::int6
   const auto aligned16 = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; };
   const bool lt_shape = k > 0 && m % 4 == 0 && n % 4 == 0 && k % 16 == 0 && aligned16(a) && aligned16(b) &&
                         aligned16(c) && (n * std::int64_t(sizeof(T))) % 16 == 0;
-  if (impl != fp8_gemm_impl::kernel && lt_shape) {
+  if ((impl == fp8_gemm_impl::automatic || impl == fp8_gemm_impl::cublaslt) && lt_shape) {
     const std::int64_t l4 = (kb + 3) / 4 * 4;
     const std::size_t at_bytes = std::size_t(m * kb) * sizeof(float);
     const std::size_t at_padded = (at_bytes + 255) / 256 * 256;
@@ -260,6 +264,19 @@ fp8_gemm_impl gemm_fp8_block(cuda& be, std::int64_t m, std::int64_t n, std::int6
               " k=" + std::to_string(k) +
               " (it needs m, n multiples of 4, k a positive multiple of 16, 16-byte aligned buffers, a Hopper GPU "
               "and cuBLAS >= 12.9)");
+  if (impl == fp8_gemm_impl::automatic || impl == fp8_gemm_impl::wgmma) {
+    const bool wgmma_shape = k > 0 && k % 16 == 0 && aligned16(a) && aligned16(b) &&
+                             (m + cuda_detail::fp8_wgmma::tile - 1) / cuda_detail::fp8_wgmma::tile <= 65535;
+    if (wgmma_shape && cuda_detail::fp8_wgmma_available(be)) {
+      cuda_detail::gemm_fp8_wgmma(be, m, n, k, a, a_scales, b, b_scales, c);
+      return fp8_gemm_impl::wgmma;
+    }
+    require(impl != fp8_gemm_impl::wgmma,
+            "gemm_fp8_block: the wgmma kernel cannot run m=" + std::to_string(m) + " n=" + std::to_string(n) +
+                " k=" + std::to_string(k) +
+                " (it needs k a positive multiple of 16, 16-byte aligned A and B, at most 65535 row tiles of "
+                "128, a compute capability 9.0 GPU and a build with sm_90a code)");
+  }
   cuda_detail::gemm_fp8_block_kernel<<<cuda_detail::grid_for(m * n, 256), 256, 0, be.stream()>>>(m, n, k, a, a_scales,
                                                                                                  b, b_scales, c);
   DSX_CUDA_CHECK_LAUNCH("gemm_fp8_block_kernel");

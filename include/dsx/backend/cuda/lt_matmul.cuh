@@ -12,6 +12,7 @@
 #include <bit>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <functional>
 #include <string>
 #include <unordered_map>
@@ -53,6 +54,44 @@ struct lt_problem_hash {
       mix(v);
     return h;
   }
+};
+
+// Collects the errors cuBLASLt logs while it lives (cuBLASLt explains a refused heuristic query only in
+// its log). Logging is process-wide, so it captures only when asked and when the user has not set up
+// cuBLASLt logging through CUBLASLT_LOG_LEVEL or CUBLASLT_LOG_MASK (then the log goes where the user
+// sent it), and it switches logging off again on destruction. One lt_matmul per host thread (see below).
+class lt_error_capture {
+ public:
+  explicit lt_error_capture(bool wanted)
+      : active_(wanted && !std::getenv("CUBLASLT_LOG_LEVEL") && !std::getenv("CUBLASLT_LOG_MASK")) {
+    if (!active_) return;
+    sink().clear();
+    cublasLtLoggerSetCallback(&record);
+    cublasLtLoggerSetMask(1);  // errors only
+  }
+  lt_error_capture(const lt_error_capture&) = delete;
+  lt_error_capture& operator=(const lt_error_capture&) = delete;
+  ~lt_error_capture() {
+    if (!active_) return;
+    cublasLtLoggerSetMask(0);
+    cublasLtLoggerSetCallback(nullptr);
+  }
+  std::string text() const { return active_ ? sink() : std::string(); }
+
+ private:
+  static std::string& sink() {
+    static thread_local std::string s;
+    return s;
+  }
+  static void record(int, const char* function, const char* message) {
+    std::string& s = sink();
+    if (!s.empty()) s += " | ";
+    std::string line = std::string(function ? function : "?") + ": " + (message ? message : "");
+    for (char& ch : line)
+      if (ch == '\n' || ch == '\r') ch = ' ';  // one line, whatever cuBLASLt wrote
+    s += line;
+  }
+  bool active_;
 };
 
 // The largest power of two ≤ 256 that divides `bytes` (256 for 0): what cuBLASLt's alignment
@@ -99,7 +138,7 @@ class lt_matmul {
   bool run_scaled(const lt_problem& p, const void* a, const float* a_scale, const void* b, const float* b_scale,
                   void* d, cudaStream_t stream) {
     require(p.fp8_block, "lt_matmul::run_scaled: the problem is not an FP8 block-scaled one: " + describe(p));
-    const plan* pl = find_plan(p);
+    const plan* pl = find_plan(p, a_scale, b_scale);
     if (!pl) return false;
     DSX_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(pl->op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &a_scale,
                                                     sizeof(a_scale)));
@@ -114,6 +153,9 @@ class lt_matmul {
   // How often the heuristic ran, how many plans are cached, and how many plans took their algorithm from
   // their size class (tests check that repeats and size classes hit the cache).
   std::size_t heuristic_queries() const { return queries_; }
+  // Why cuBLASLt last refused a block-scaled FP8 problem: the heuristic's status and the errors cuBLASLt
+  // logged during the query (empty before any refusal). Benchmarks and tests print it beside the fallback.
+  const std::string& last_refusal() const { return last_refusal_; }
   std::size_t class_reuses() const { return class_reuses_; }
   std::size_t cached_plans() const { return plans_.size(); }
 
@@ -224,11 +266,26 @@ class lt_matmul {
 
   // The cached plan of `p`, made on first use. With no algorithm: an ordinary GEMM throws; an FP8
   // block-scaled one (also when the heuristic answers "not supported") gives nullptr, remembered in
-  // `unsupported_` so that the fallback is chosen without asking again.
-  const plan* find_plan(const lt_problem& p) {
+  // `unsupported_` so that the fallback is chosen without asking again. A block-scaled problem gets its
+  // scale pointers into the descriptor before the heuristic query (run_scaled sets them again on every
+  // call): cuBLASLt's log says a block scaling mode "requires a custom pointer" and the query answers
+  // INVALID_VALUE while they are null, which is what an H100 with cuBLASLt 13.1 answered when this code
+  // queried without them (2026-11-22; the fix has not yet run on a GPU).
+  const plan* find_plan(const lt_problem& p, const float* a_scale = nullptr, const float* b_scale = nullptr) {
     if (auto it = plans_.find(p); it != plans_.end()) return &it->second;
     if (unsupported_.count(p)) return nullptr;
     plan pl = make_descriptors(p);
+    if (p.fp8_block) {
+      try {
+        DSX_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(pl.op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &a_scale,
+                                                        sizeof(a_scale)));
+        DSX_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(pl.op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &b_scale,
+                                                        sizeof(b_scale)));
+      } catch (...) {
+        destroy(pl);
+        throw;
+      }
+    }
     cublasLtMatmulHeuristicResult_t result{};
     int found = 0;
     cublasLtMatmulPreference_t pref = nullptr;
@@ -246,16 +303,26 @@ class lt_matmul {
       DSX_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
                                                             &p.align_c, sizeof(p.align_c)));
       ++queries_;
-      const cublasStatus_t status =
-          cublasLtMatmulAlgoGetHeuristic(handle_, pl.op, pl.a, pl.b, pl.c, pl.c, pref, 1, &result, &found);
-      // For block-scaled FP8 the heuristic's refusal is an answer, not a failure: cuBLASLt 13.1 on an
-      // H100 returned INVALID_VALUE for these problems (seen 2026-11-22), NOT_SUPPORTED elsewhere. The
-      // caller then takes the fallback kernel.
+      cublasStatus_t status;
+      std::string logged;
+      {
+        const lt_error_capture capture(p.fp8_block);
+        status = cublasLtMatmulAlgoGetHeuristic(handle_, pl.op, pl.a, pl.b, pl.c, pl.c, pref, 1, &result, &found);
+        logged = capture.text();
+      }
+      // For block-scaled FP8 the heuristic's refusal is an answer, not a failure (another GPU, an older
+      // cuBLAS, a shape it does not take): the caller then takes the fallback kernel.
       const bool refused = status == CUBLAS_STATUS_NOT_SUPPORTED || status == CUBLAS_STATUS_INVALID_VALUE;
       if (!(p.fp8_block && refused))
         check_cublas(status, "cublasLtMatmulAlgoGetHeuristic", __FILE__, __LINE__);
       else
         found = 0;
+      if (p.fp8_block && found == 0)
+        last_refusal_ = describe(p) + ": cublasLtMatmulAlgoGetHeuristic answered " +
+                        cublasLtGetStatusName(status) + (found == 0 && status == CUBLAS_STATUS_SUCCESS
+                                                           ? std::string(" with no algorithm")
+                                                           : std::string()) +
+                        (logged.empty() ? std::string() : "; cuBLASLt logged: " + logged);
       pl.algo = result.algo;
       cublasLtMatmulPreferenceDestroy(pref);
       pref = nullptr;
@@ -277,6 +344,7 @@ class lt_matmul {
   void* workspace_ = nullptr;
   std::size_t workspace_bytes_ = 0;
   std::size_t queries_ = 0, class_reuses_ = 0;
+  std::string last_refusal_;
   std::unordered_map<lt_problem, plan, lt_problem_hash> plans_;
   std::unordered_map<lt_problem, cublasLtMatmulAlgo_t, lt_problem_hash> class_algos_;  // by size_class_of
   std::unordered_set<lt_problem, lt_problem_hash> unsupported_;
