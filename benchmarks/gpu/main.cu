@@ -294,6 +294,9 @@ struct report {
          number({"attention"}, "attention_forward_tflops"), "%.0f TFLOP/s");
     info("causal attention backward, gpu_1b batch", number({"attention"}, "attention_backward_tflops"),
          "%.0f TFLOP/s");
+    info("MLA decode time at the roofline (max of bytes / copy bandwidth and FLOPs / bf16 ceiling) / time taken, "
+         "worst case",
+         number({"decode"}, "decode_min_roofline_pct"), "%.0f %%");
     info("training throughput", number({"train", "train-f32"}, "train_tokens_per_s"), "%.0f tokens/s");
     info("training step (median)", number({"train", "train-f32"}, "train_step_ms"), "%.0f ms");
     t.push_back("");
