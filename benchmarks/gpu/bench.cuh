@@ -94,10 +94,11 @@ struct section_context {
   double seconds_left() const { return std::chrono::duration<double>(deadline - clock_type::now()).count(); }
 };
 
-// Sections (ceilings.cu, gemm_shapes.cu, mla_decode.cu, attention.cu, train.cu). Each throws dsx::error (CUDA failures
-// included) when it cannot go on; main.cu reports the message.
+// Sections (ceilings.cu, gemm_shapes.cu, experts.cu, mla_decode.cu, attention.cu, train.cu). Each throws
+// dsx::error (CUDA failures included) when it cannot go on; main.cu reports the message.
 void run_ceilings(const section_context& ctx);
 void run_gemm(const section_context& ctx);
+void run_experts(const section_context& ctx);
 void run_decode(const section_context& ctx);
 void run_attention(const section_context& ctx);
 void run_train_bf16(const section_context& ctx);
@@ -105,6 +106,7 @@ void run_train_f32(const section_context& ctx);
 
 // Host-only descriptions for --list (no CUDA call).
 std::vector<std::string> describe_gemm_plan(const options& opt);
+std::vector<std::string> describe_experts_plan();
 std::vector<std::string> describe_decode_plan();
 std::vector<std::string> describe_attention_plan();
 std::vector<std::string> describe_train_plan(const options& opt);

@@ -114,7 +114,9 @@ fp8_timing time_fp8(cuda_backend& be, const gemm_case& g, const bf16* a, const b
   fp8_timing r;
   r.lt_ms = time_impl(backend::fp8_gemm_impl::cublaslt);
   r.wgmma_ms = time_impl(backend::fp8_gemm_impl::wgmma);
-  const auto cell = [&](double ms) { return ms > 0 ? strf("%.0f", g.flops() / (ms * 1e-3) / 1e12) : std::string("–"); };
+  const auto cell = [&](double ms) {
+    return ms > 0 ? strf("%.0f", g.flops() / (ms * 1e-3) / 1e12) : std::string("–");
+  };
   r.cell = cell(r.lt_ms) + " / " + cell(r.wgmma_ms);
   return r;
 }

@@ -83,7 +83,8 @@ struct section_spec {
 const std::vector<section_spec>& all_sections() {
   static const std::vector<section_spec> s{
       {"ceilings", "1. Ceilings", 0.12, run_ceilings},
-      {"gemm", "2. GEMM throughput on the model shapes", 0.30, run_gemm},
+      {"gemm", "2. GEMM throughput on the model shapes", 0.27, run_gemm},
+      {"experts", "2b. Routed-expert GEMMs of one MoE layer (gpu_1b)", 0.05, run_experts},
       {"decode", "3. MLA decode bandwidth", 0.12, run_decode},
       {"attention", "3b. Causal attention for training", 0.08, run_attention},
       {"train", "4. Training step (gpu_1b)", 0.38, run_train_bf16},
@@ -297,6 +298,8 @@ struct report {
     info("MLA decode time at the roofline (max of bytes / copy bandwidth and FLOPs / bf16 ceiling) / time taken, "
          "worst case",
          number({"decode"}, "decode_min_roofline_pct"), "%.0f %%");
+    info("routed-expert GEMMs per training step, estimated from one balanced MoE layer (section 2b)",
+         number({"experts"}, "experts_step_ms_balanced"), "%.1f ms");
     info("training throughput", number({"train", "train-f32"}, "train_tokens_per_s"), "%.0f tokens/s");
     info("training step (median)", number({"train", "train-f32"}, "train_step_ms"), "%.0f ms");
     t.push_back("");
@@ -339,7 +342,7 @@ constexpr const char* usage = R"(usage: dsx-bench-gpu [options]
 
 Benchmarks the dsx CUDA backend on one GPU and writes a markdown report.
 
-  --sections LIST     comma-separated, from ceilings,gemm,decode,attention,train (default: all, in this order);
+  --sections LIST     comma-separated, from ceilings,gemm,experts,decode,attention,train (default: all, in this order);
                       later sections compare with the ceilings only when "ceilings" runs
   --out DIR           directory of the report <gpu-name>.md (default: $DSX_BENCH_OUT, else
                       the source tree's benchmarks/results)
@@ -502,6 +505,8 @@ int main(int argc, char** argv) {
           lines = {"cudaMemcpyAsync device to device, 1 GiB", "bf16 GEMM 8192³, transposes NN, NT, TN, TT"};
         else if (s->name == "gemm")
           lines = describe_gemm_plan(opt);
+        else if (s->name == "experts")
+          lines = describe_experts_plan();
         else if (s->name == "decode")
           lines = describe_decode_plan();
         else if (s->name == "attention")
