@@ -153,11 +153,11 @@ class lt_matmul {
   // How often the heuristic ran, how many plans are cached, and how many plans took their algorithm from
   // their size class (tests check that repeats and size classes hit the cache).
   std::size_t heuristic_queries() const { return queries_; }
+  std::size_t class_reuses() const { return class_reuses_; }
+  std::size_t cached_plans() const { return plans_.size(); }
   // Why cuBLASLt last refused a block-scaled FP8 problem: the heuristic's status and the errors cuBLASLt
   // logged during the query (empty before any refusal). Benchmarks and tests print it beside the fallback.
   const std::string& last_refusal() const { return last_refusal_; }
-  std::size_t class_reuses() const { return class_reuses_; }
-  std::size_t cached_plans() const { return plans_.size(); }
 
  private:
   struct plan {
@@ -319,9 +319,8 @@ class lt_matmul {
         found = 0;
       if (p.fp8_block && found == 0)
         last_refusal_ = describe(p) + ": cublasLtMatmulAlgoGetHeuristic answered " +
-                        cublasLtGetStatusName(status) + (found == 0 && status == CUBLAS_STATUS_SUCCESS
-                                                           ? std::string(" with no algorithm")
-                                                           : std::string()) +
+                        cublasLtGetStatusName(status) +
+                        (status == CUBLAS_STATUS_SUCCESS ? " with no algorithm" : "") +
                         (logged.empty() ? std::string() : "; cuBLASLt logged: " + logged);
       pl.algo = result.algo;
       cublasLtMatmulPreferenceDestroy(pref);
