@@ -83,7 +83,8 @@ std::int64_t aligned(std::int64_t elems) { return (elems + align_elems - 1) / al
 // The "FP8 TFLOP/s" cell of a forward case: the case's first operand set quantised (activations 1×128,
 // weights 128×128, E4M3) and C = A·Bᵀ timed through gemm_fp8_block on cuBLASLt's block scaling and on the
 // wgmma kernel (fp8_wgmma.cuh). The dgrad and wgrad GEMMs would need re-tiled (transposed) quantisation:
-// not measured. One operand set (no rotation), so small shapes may run from L2. A time of 0: not run.
+// not measured. One operand set (no rotation), so small shapes may run from L2. A time of 0: not run;
+// negative: the result failed its check (not timed, left out of the ratios, counted as wrong).
 struct fp8_timing {
   std::string cell;
   double lt_ms = 0, wgmma_ms = 0;
@@ -101,7 +102,27 @@ fp8_timing time_fp8(cuda_backend& be, const gemm_case& g, const bf16* a, const b
   auto* sb_p = reinterpret_cast<float*>(sb.data());
   quantize_act_1x128(be, qa_p, sa_p, a, g.m, g.k, false);
   quantize_weight_128x128(be, qb_p, sb_p, b, g.n, g.k, false);
-  // Milliseconds of one implementation, 0 when it cannot run the case.
+  // Two elements of C against the block formula in f64 on the downloaded quantised operands: within
+  // 1e-3 of Σ|a·b| (tensor-core accumulation inside a 128-wide block) plus bf16 rounding of the result.
+  const auto result_ok = [&] {
+    const std::int64_t is[2] = {(g.m * 7) / 11, g.m - 1}, js[2] = {(g.n * 5) / 13, g.n - 1};
+    for (int t = 0; t < 2; ++t) {
+      const auto arow = download_strided(be, qa_p + is[t] * g.k, g.k, 1);
+      const auto brow = download_strided(be, qb_p + js[t] * g.k, g.k, 1);
+      const auto as = download_strided(be, sa_p + is[t] * kb, kb, 1);
+      const auto bs = download_strided(be, sb_p + (js[t] / fp8_block::block) * kb, kb, 1);
+      double ref = 0, abs_sum = 0;
+      for (std::int64_t p = 0; p < g.k; ++p) {
+        const double ab = arow[p] * brow[p] * as[p / fp8_block::block] * bs[p / fp8_block::block];
+        ref += ab;
+        abs_sum += std::abs(ab);
+      }
+      const double got = download_strided(be, c + is[t] * g.n + js[t], 1, 1)[0];
+      if (!(std::abs(got - ref) <= 1e-3 * abs_sum + std::ldexp(std::abs(ref), -8) + 1e-6)) return false;
+    }
+    return true;
+  };
+  // Milliseconds of one implementation; 0 when it cannot run the case, −1 when its result is wrong.
   const auto time_impl = [&](backend::fp8_gemm_impl impl) {
     auto call = [&](std::int64_t) { gemm_fp8_block(be, g.m, g.n, g.k, qa_p, sa_p, qb_p, sb_p, c, impl); };
     try {
@@ -109,13 +130,14 @@ fp8_timing time_fp8(cuda_backend& be, const gemm_case& g, const bf16* a, const b
     } catch (const error&) {
       return 0.0;
     }
+    if (!result_ok()) return -1.0;
     return time_device(be, call, 30, 3, 12).median_ms;
   };
   fp8_timing r;
   r.lt_ms = time_impl(backend::fp8_gemm_impl::cublaslt);
   r.wgmma_ms = time_impl(backend::fp8_gemm_impl::wgmma);
   const auto cell = [&](double ms) {
-    return ms > 0 ? strf("%.0f", g.flops() / (ms * 1e-3) / 1e12) : std::string("–");
+    return ms > 0 ? strf("%.0f", g.flops() / (ms * 1e-3) / 1e12) : std::string(ms < 0 ? "**WRONG**" : "–");
   };
   r.cell = cell(r.lt_ms) + " / " + cell(r.wgmma_ms);
   return r;
@@ -163,7 +185,8 @@ void run_gemm(const section_context& ctx) {
       "bf16 in and out, f32 accumulation, through `gemm(cuda&, ...)` (cuBLASLt). m×n×k with the row-major "
       "transposes of op(A), op(B). FP8 TFLOP/s: forward cases only, `gemm_fp8_block` (E4M3, activations "
       "1×128 and weights 128×128 f32 block scales) through cuBLASLt's block scaling / through the wgmma "
-      "kernel (– where it does not run), on one operand set, bf16 out.");
+      "kernel (– where it does not run), on one operand set, bf16 out, two elements checked against the "
+      "block formula in f64.");
   out.md(ceiling > 0 ? strf("Ratios are to the measured bf16 ceiling, %.0f TFLOP/s.", ceiling)
                      : std::string("The bf16 ceiling was not measured: no ratios."));
   out.md("");
@@ -207,6 +230,7 @@ void run_gemm(const section_context& ctx) {
         ++large_count;
       }
       const fp8_timing fp8 = time_fp8(be, g, a_of(0), b_of(0), c_of(0));
+      wrong += (fp8.lt_ms < 0 ? 1 : 0) + (fp8.wgmma_ms < 0 ? 1 : 0);
       for (int i = 0; i < 2; ++i) {
         const double ms = i == 0 ? fp8.lt_ms : fp8.wgmma_ms;
         if (ms <= 0 || !ok) continue;
