@@ -2,7 +2,8 @@
 // quantised bytes and scales must be identical (the math is shared and every step is one IEEE f32
 // operation), dequantisation identical, and the block GEMM close to the host's, both through cuBLASLt's
 // block scaling (required on compute capability 9.0 with cuBLAS ≥ 12.9, where it is documented) and
-// through the fallback kernel.
+// through the fallback kernel; the same for the transposed quantisations and the backward form of the
+// GEMM (1×128-scaled B, beta 1) that a Linear's input and weight gradients use (layers/linear.hpp).
 //
 // GEMM tolerance, per element: |C_gpu − C_host| ≤ tol · Σ_k |ã_ik · b̃_jk| (ã, b̃ the dequantised operands),
 // plus half a bf16 ulp of |C| for bf16 output. The kernel does the host's arithmetic in another rounding
@@ -75,29 +76,43 @@ void check_quantisation(cuda_backend& be, std::int64_t rows, std::int64_t cols, 
   dequantize_weight_128x128(hb, hx.data(), hq.data(), hws.data(), rows, cols);
   dequantize_weight_128x128(be, dback.get(), dq.get(), dws.get(), rows, cols);
   CHECK(same_bits(dback.download(), hx));
+
+  // The transposed forms (the operands of a Linear's backward GEMMs): xᵀ per 1×128 tile, wᵀ per block.
+  std::vector<float> hts(std::size_t(cols * fb::blocks(rows)));
+  quantize_act_1x128_transposed(hb, hq.data(), hts.data(), x.data(), rows, cols, ue8m0);
+  device_array<float> dts(be, nan_values<float>(hts.size()));
+  quantize_act_1x128_transposed(be, dq.get(), dts.get(), dx.get(), rows, cols, ue8m0);
+  CHECK(same_fp8(dq.download(), hq));
+  CHECK(same_bits(dts.download(), hts));
+  quantize_weight_128x128_transposed(hb, hq.data(), hws.data(), x.data(), rows, cols, ue8m0);
+  quantize_weight_128x128_transposed(be, dq.get(), dws.get(), dx.get(), rows, cols, ue8m0);
+  CHECK(same_fp8(dq.download(), hq));
+  CHECK(same_bits(dws.download(), hws));
 }
 
-// Quantises random operands on the host, runs the GEMM on both backends and checks the per-element bound
+// Quantises random operands on the host (B per 128×128 block, or per 1×128 tile with b_mode tile_1x128),
+// runs the GEMM on both backends (with beta 1, onto the same random C) and checks the per-element bound
 // described at the top. Returns the implementation the GPU used.
 template <class T>
 fp8_gemm_impl check_gemm(cuda_backend& be, std::int64_t m, std::int64_t n, std::int64_t k, fp8_gemm_impl impl,
-                         double tol) {
+                         double tol, fb::scaling b_mode = fb::scaling::block_128x128, float beta = 0.0f) {
   host hb;
   const std::int64_t kb = fb::blocks(k);
   const auto a = spread_values<float>(std::size_t(m * k), 41);
   const auto b = spread_values<float>(std::size_t(n * k), 42);
   std::vector<fp8_e4m3> qa(a.size()), qb(b.size());
-  std::vector<float> sa(std::size_t(m * kb)), sb(std::size_t(fb::blocks(n) * kb));
+  std::vector<float> sa(std::size_t(m * kb)), sb(std::size_t(fb::b_scale_count(b_mode, n, k)));
   quantize_act_1x128(hb, qa.data(), sa.data(), a.data(), m, k, false);
-  quantize_weight_128x128(hb, qb.data(), sb.data(), b.data(), n, k, false);
-  std::vector<T> ref(std::size_t(m * n));
-  gemm_fp8_block(hb, m, n, k, qa.data(), sa.data(), qb.data(), sb.data(), ref.data());
+  if (b_mode == fb::scaling::block_128x128) quantize_weight_128x128(hb, qb.data(), sb.data(), b.data(), n, k, false);
+  else quantize_act_1x128(hb, qb.data(), sb.data(), b.data(), n, k, false);
+  std::vector<T> ref = beta == 0.0f ? std::vector<T>(std::size_t(m * n)) : spread_values<T>(std::size_t(m * n), 43);
+  device_array<T> dc(be, beta == 0.0f ? nan_values<T>(ref.size()) : ref);
+  gemm_fp8(hb, m, n, k, qa.data(), sa.data(), qb.data(), sb.data(), b_mode, beta, ref.data());
 
   device_array<fp8_e4m3> dqa(be, qa), dqb(be, qb);
   device_array<float> dsa(be, sa), dsb(be, sb);
-  device_array<T> dc(be, nan_values<T>(ref.size()));
   const fp8_gemm_impl used =
-      gemm_fp8_block(be, m, n, k, dqa.get(), dsa.get(), dqb.get(), dsb.get(), dc.get(), impl);
+      gemm_fp8(be, m, n, k, dqa.get(), dsa.get(), dqb.get(), dsb.get(), b_mode, beta, dc.get(), impl);
   const auto c = dc.download();
 
   double worst = 0;
@@ -107,14 +122,15 @@ fp8_gemm_impl check_gemm(cuda_backend& be, std::int64_t m, std::int64_t n, std::
       double abs_sum = 0;
       for (std::int64_t t = 0; t < k; ++t)
         abs_sum += std::abs(double(float(qa[i * k + t])) * sa[i * kb + t / 128] * double(float(qb[j * k + t])) *
-                            sb[(j / 128) * kb + t / 128]);
+                            sb[fb::b_scale_index(b_mode, j, kb, t / 128)]);
       const double r = to_double(ref[i * n + j]), g = to_double(c[i * n + j]);
       const double rounding = std::is_same_v<T, bf16> ? 0x1p-8 * std::abs(r) : 0.0;
       const double err = std::abs(g - r);
       if (!(err <= tol * abs_sum + rounding)) ++bad;
       if (abs_sum > 0) worst = std::max(worst, (err - rounding) / abs_sum);
     }
-  INFO("m " << m << " n " << n << " k " << k << " impl " << int(used) << ": worst (|ΔC| − rounding) / Σ|ab| = "
+  INFO("m " << m << " n " << n << " k " << k << " B tiles " << (b_mode == fb::scaling::tile_1x128) << " beta "
+            << beta << " impl " << int(used) << ": worst (|ΔC| − rounding) / Σ|ab| = "
             << worst << ", elements over the bound " << bad);
   CHECK(bad == 0);
   check_close("gemm_fp8_block", c, ref, std::is_same_v<T, bf16> ? 1e-2 : 10 * tol);
@@ -205,6 +221,29 @@ TEST_CASE("FP8 block GEMM through cuBLASLt block scaling where it is offered", "
   device_array<float> c(be, 64 * 64);
   CHECK_THROWS_AS(gemm_fp8_block(be, 3, 64, 64, q.get(), s.get(), q.get(), s.get(), c.get(), fp8_gemm_impl::cublaslt),
                   dsx::error);
+}
+
+TEST_CASE("FP8 GEMM of the backward pass: B in 1×128 tiles, beta 1 accumulating", "[gpu]") {
+  cuda_backend be;
+  // The plain kernel does the host's arithmetic: tol 1e-5.
+  for (const auto& [m, n, k] : {std::tuple{37, 200, 300}, std::tuple{128, 256, 512}}) {
+    CHECK(check_gemm<float>(be, m, n, k, fp8_gemm_impl::kernel, 1e-5, fb::scaling::tile_1x128, 1.0f) ==
+          fp8_gemm_impl::kernel);
+    CHECK(check_gemm<bf16>(be, m, n, k, fp8_gemm_impl::kernel, 1e-5, fb::scaling::block_128x128, 1.0f) ==
+          fp8_gemm_impl::kernel);
+  }
+  // Automatic: cuBLASLt (VEC128 scales on both operands; tol 1e-3) where it takes the problem, else the
+  // kernel; never the wgmma kernel, which runs only the forward form.
+  for (const auto& [m, n, k] : {std::tuple{64, 256, 512}, std::tuple{128, 384, 1024}}) {
+    for (float beta : {0.0f, 1.0f}) {
+      const fp8_gemm_impl used = check_gemm<float>(be, m, n, k, fp8_gemm_impl::automatic, 1e-3, fb::scaling::tile_1x128, beta);
+      CHECK(used != fp8_gemm_impl::wgmma);
+      WARN("FP8 GEMM with 1x128-scaled B, beta " << beta << ", " << m << "x" << n << "x" << k << " ran on "
+                                                  << (used == fp8_gemm_impl::cublaslt ? "cuBLASLt" : "the plain kernel"));
+    }
+    CHECK(check_gemm<bf16>(be, m, n, k, fp8_gemm_impl::automatic, 1e-3, fb::scaling::block_128x128, 1.0f) !=
+          fp8_gemm_impl::wgmma);
+  }
 }
 
 TEST_CASE("FP8 primitives on the GPU reject bad sizes", "[gpu]") {

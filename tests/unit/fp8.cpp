@@ -306,3 +306,58 @@ TEST_CASE("FP8 primitives reject bad sizes and missing buffers", "[unit]") {
   CHECK_NOTHROW(quantize_act_1x128(be, static_cast<fp8_e4m3*>(nullptr), static_cast<float*>(nullptr),
                                    static_cast<const float*>(nullptr), 0, 128, false));
 }
+
+TEST_CASE("transposed quantisation equals quantising the explicit transpose, byte for byte", "[unit]") {
+  host be;
+  const std::int64_t rows = 300, cols = 200;
+  const auto x = random_values(std::size_t(rows * cols), 21);
+  std::vector<float> xt(x.size());
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::int64_t c = 0; c < cols; ++c) xt[std::size_t(c * rows + r)] = x[std::size_t(r * cols + c)];
+  for (bool weight : {false, true}) {
+    INFO((weight ? "128x128 blocks" : "1x128 tiles"));
+    const std::size_t scales = std::size_t(weight ? fb::blocks(cols) * fb::blocks(rows) : cols * fb::blocks(rows));
+    std::vector<fp8_e4m3> q(x.size()), q_ref(x.size());
+    std::vector<float> s(scales), s_ref(scales);
+    if (weight) {
+      quantize_weight_128x128_transposed(be, q.data(), s.data(), x.data(), rows, cols, false);
+      quantize_weight_128x128(be, q_ref.data(), s_ref.data(), xt.data(), cols, rows, false);
+    } else {
+      quantize_act_1x128_transposed(be, q.data(), s.data(), x.data(), rows, cols, false);
+      quantize_act_1x128(be, q_ref.data(), s_ref.data(), xt.data(), cols, rows, false);
+    }
+    CHECK(s == s_ref);
+    bool same = true;
+    for (std::size_t i = 0; i < q.size(); ++i) same = same && q[i].bits == q_ref[i].bits;
+    CHECK(same);
+  }
+}
+
+TEST_CASE("gemm_fp8: B in 1×128 tiles, and beta 1 adds to C", "[unit]") {
+  host be;
+  const std::int64_t m = 70, n = 150, k = 260, kb = fb::blocks(k);
+  const auto a = random_values(std::size_t(m * k), 31), b = random_values(std::size_t(n * k), 32);
+  std::vector<fp8_e4m3> qa(a.size()), qb(b.size());
+  std::vector<float> sa(std::size_t(m * kb)), sb(std::size_t(n * kb));
+  quantize_act_1x128(be, qa.data(), sa.data(), a.data(), m, k, false);
+  quantize_act_1x128(be, qb.data(), sb.data(), b.data(), n, k, false);
+  std::vector<float> c(std::size_t(m * n), 2.0f);
+  gemm_fp8(be, m, n, k, qa.data(), sa.data(), qb.data(), sb.data(), fb::scaling::tile_1x128, 1.0f, c.data());
+  double worst = 0, scale = 0;
+  for (std::int64_t i = 0; i < m; ++i)
+    for (std::int64_t j = 0; j < n; ++j) {
+      double want = 2.0, abs_sum = 0;
+      for (std::int64_t t = 0; t < k; ++t) {
+        const double ab = double(float(qa[std::size_t(i * k + t)])) * sa[std::size_t(i * kb + t / 128)] *
+                          double(float(qb[std::size_t(j * k + t)])) * sb[std::size_t(j * kb + t / 128)];
+        want += ab;
+        abs_sum += std::abs(ab);
+      }
+      worst = std::max(worst, std::abs(double(c[std::size_t(i * n + j)]) - want));
+      scale = std::max(scale, abs_sum);
+    }
+  CHECK(worst / scale < 1e-6);
+  CHECK_THROWS_AS(gemm_fp8(be, m, n, k, qa.data(), sa.data(), qb.data(), static_cast<const float*>(nullptr),
+                           fb::scaling::tile_1x128, 0.0f, c.data()),
+                  dsx::error);
+}

@@ -40,6 +40,21 @@ DSX_HD float scale_of(float amax, bool ue8m0) {
   return ue8m0 ? round_up_pow2(s) : s;
 }
 
+// How the B operand of an FP8 GEMM C = A·Bᵀ is scaled (A is always scaled per 1×128 tile along k):
+//  - block_128x128: one scale per 128×128 block, (ceil(n/128), ceil(k/128)) scales: weights;
+//  - tile_1x128: one scale per row and 128-wide k tile, (n, ceil(k/128)) scales: activations and output
+//    gradients, the operands of a weight-gradient GEMM (reduced over tokens).
+enum class scaling { block_128x128, tile_1x128 };
+
+// Index of B's scale for output column j and k block kb_index, with kb k blocks in all.
+DSX_HD std::int64_t b_scale_index(scaling mode, std::int64_t j, std::int64_t kb, std::int64_t kb_index) {
+  return (mode == scaling::block_128x128 ? j / block : j) * kb + kb_index;
+}
+// Number of B's scales for n rows of k.
+DSX_HD std::int64_t b_scale_count(scaling mode, std::int64_t n, std::int64_t k) {
+  return (mode == scaling::block_128x128 ? blocks(n) : n) * blocks(k);
+}
+
 DSX_HD fp8_e4m3 quantize(float x, float scale) { return fp8_e4m3(x / scale); }
 DSX_HD float dequantize(fp8_e4m3 q, float scale) { return float(q) * scale; }
 
@@ -50,6 +65,20 @@ inline void require_matrix(const std::string& what, std::int64_t rows, std::int6
 }
 inline void require_pointer(const std::string& what, const void* p, std::int64_t elems) {
   require(elems == 0 || p != nullptr, what + ": null pointer for " + std::to_string(elems) + " elements");
+}
+
+// The argument checks of the four quantisations, shared by the backends: x (rows, cols) into q and its
+// scales per 1×128 tile (weight false) or 128×128 block (weight true) of R = x, or R = xᵀ when
+// `transposed`; `what` names the public function. Returns the number of scales (tiles or blocks of R).
+inline std::int64_t check_quantize(const std::string& what, const void* q, const float* scales, const void* x,
+                                   std::int64_t rows, std::int64_t cols, bool weight, bool transposed) {
+  require_matrix(what + (weight ? ": weight" : ": activations"), rows, cols);
+  const std::int64_t r_rows = transposed ? cols : rows, r_cols = transposed ? rows : cols;
+  const std::int64_t count = (weight ? blocks(r_rows) : r_rows) * blocks(r_cols);
+  require_pointer(what + (weight ? ": weight w" : ": activations x"), x, rows * cols);
+  require_pointer(what + ": output q", q, rows * cols);
+  require_pointer(what + ": output scales", scales, count);
+  return count;
 }
 
 }  // namespace dsx::fp8_block

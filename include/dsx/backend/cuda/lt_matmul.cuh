@@ -131,12 +131,12 @@ class lt_matmul {
                                     workspace_, workspace_bytes_, stream));
   }
 
-  // The FP8 block-scaled matmul D = op(A)·op(B) (alpha = 1, beta = 0) with device scale tensors `a_scale`
+  // The FP8 block-scaled matmul D = op(A)·op(B) + beta·D (alpha = 1) with device scale tensors `a_scale`
   // and `b_scale` in the layouts of p.scale_mode_a / p.scale_mode_b. Returns false, enqueuing nothing,
   // when cuBLASLt has no algorithm for the problem (older cuBLAS, a GPU other than Hopper, unsupported
   // sizes or alignment); the answer is cached like a plan.
   bool run_scaled(const lt_problem& p, const void* a, const float* a_scale, const void* b, const float* b_scale,
-                  void* d, cudaStream_t stream) {
+                  float beta, void* d, cudaStream_t stream) {
     require(p.fp8_block, "lt_matmul::run_scaled: the problem is not an FP8 block-scaled one: " + describe(p));
     const plan* pl = find_plan(p, a_scale, b_scale);
     if (!pl) return false;
@@ -144,8 +144,8 @@ class lt_matmul {
                                                     sizeof(a_scale)));
     DSX_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(pl->op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &b_scale,
                                                     sizeof(b_scale)));
-    const float one = 1.0f, zero = 0.0f;
-    DSX_CUBLAS_CHECK(cublasLtMatmul(handle_, pl->op, &one, a, pl->a, b, pl->b, &zero, d, pl->c, d, pl->c, &pl->algo,
+    const float one = 1.0f;
+    DSX_CUBLAS_CHECK(cublasLtMatmul(handle_, pl->op, &one, a, pl->a, b, pl->b, &beta, d, pl->c, d, pl->c, &pl->algo,
                                     workspace_, workspace_bytes_, stream));
     return true;
   }
