@@ -1,11 +1,11 @@
 # CTest script: pre-training end to end through a dsx-<model> tool on the built-in corpus.
-#   cmake -DTOOL=<dsx-model> -DWORK=<scratch folder> -DMAX_FINAL_LOSS=<nats> [-DPRECISION=f32|bf16]
+#   cmake -DTOOL=<dsx-model> -DWORK=<scratch folder> -DMAX_FINAL_LOSS=<nats> [-DPRECISION=f32|bf16|fp8]
 #         -P check_training.cmake
 # Runs 100 steps straight and 50 + 50 steps with --resume in --precision PRECISION (f32 by default), then
 # requires: the last loss is below MAX_FINAL_LOSS and below the first, the balance loss and max load ratio
 # are present and finite, the resumed run's losses equal the straight run's at every step (bit-identical
 # JSON numbers), and the checkpoint records the policy's storage types (bf16: BF16 weights, F32 master
-# weights).
+# weights; fp8: the same, with F8_E4M3 Linear GEMMs).
 file(REMOVE_RECURSE "${WORK}")
 if(NOT DEFINED PRECISION)
   set(PRECISION f32)
@@ -60,14 +60,17 @@ endif()
 file(READ "${WORK}/resumed/checkpoint/trainer_state.json" state)
 string(JSON param_dtype GET "${state}" param_dtype)
 string(JSON master_dtype GET "${state}" master_dtype)
+string(JSON linear_dtype GET "${state}" linear_dtype)
 if(PRECISION STREQUAL "bf16")
-  set(expected "BF16/F32")
+  set(expected "BF16/F32/BF16")
+elseif(PRECISION STREQUAL "fp8")
+  set(expected "BF16/F32/F8_E4M3")
 else()
-  set(expected "F32/none")
+  set(expected "F32/none/F32")
 endif()
-if(NOT "${param_dtype}/${master_dtype}" STREQUAL expected)
-  message(FATAL_ERROR "--precision ${PRECISION}: the checkpoint holds weights/master ${param_dtype}/${master_dtype}, "
-                      "expected ${expected}")
+if(NOT "${param_dtype}/${master_dtype}/${linear_dtype}" STREQUAL expected)
+  message(FATAL_ERROR "--precision ${PRECISION}: the checkpoint holds weights/master/Linear GEMM inputs "
+                      "${param_dtype}/${master_dtype}/${linear_dtype}, expected ${expected}")
 endif()
 message(STATUS "${PRECISION}: loss ${first} -> ${last}; balance_loss ${balance}; max_load_ratio ${ratio}; "
-               "resume bit-identical; weights/master ${param_dtype}/${master_dtype}")
+               "resume bit-identical; weights/master/Linear GEMM inputs ${param_dtype}/${master_dtype}/${linear_dtype}")

@@ -1,6 +1,7 @@
 // `train`: pre-training of the compiled model (train/pretrain.hpp) on the host backend, in f32
-// (precision::f32) or with --precision bf16 (precision::bf16_master: bf16 weights, activations and
-// gradients, f32 master weights and AdamW moments).
+// (precision::f32), with --precision bf16 (precision::bf16_master: bf16 weights, activations and
+// gradients, f32 master weights and AdamW moments) or with --precision fp8 (precision::fp8_v3: bf16_master
+// with every Linear's GEMMs in DeepSeek-V3's FP8 block scaling, which the host backend emulates).
 //
 //   dsx-<model> train [--data PATH] --steps N --out DIR [--resume] [options]
 //
@@ -83,9 +84,10 @@ inline void add_train_flags(CLI::App& cmd, train_args& a, std::int64_t max_posit
   cmd.add_option("--out", a.out, "output folder: metrics.jsonl, metrics.svg, checkpoint/")->required();
   cmd.add_flag("--resume", a.resume, "continue from DIR/checkpoint (bit-identical to an uninterrupted run)");
   cmd.add_option("--precision", a.precision,
-                 "f32, or bf16: bf16 weights, activations and gradients with f32 master weights and AdamW moments "
+                 "f32; bf16: bf16 weights, activations and gradients with f32 master weights and AdamW moments; "
+                 "fp8: bf16 with every Linear's GEMMs in FP8 block scaling (DeepSeek-V3's recipe) "
                  "(a resumed run needs the precision it was started with)")
-      ->capture_default_str()->check(CLI::IsMember({"f32", "bf16"}));
+      ->capture_default_str()->check(CLI::IsMember({"f32", "bf16", "fp8"}));
   cmd.add_option("--batch", o.batch, "sequences per step (after the batch ramp)")
       ->capture_default_str()->check(CLI::PositiveNumber);
   cmd.add_option("--batch-ramp-start", o.batch_ramp_start,
@@ -191,6 +193,7 @@ int train(train_args a) {
                                                          .seed = o.seed, .shuffle = !a.no_shuffle, .model_vocab = C.vocab});
 
   if (a.precision == "bf16") return run_pretraining<transformer<C, precision::bf16_master, backend::host>>(a, o, loader);
+  if (a.precision == "fp8") return run_pretraining<transformer<C, precision::fp8_v3, backend::host>>(a, o, loader);
   return run_pretraining<transformer<C, precision::f32, backend::host>>(a, o, loader);
 }
 

@@ -8,7 +8,9 @@
 // rate (1e-2) moves every weight by about 1e-2 per step, far above the backends' arithmetic differences,
 // so a wrong update shows in the losses and in most weights; a weight whose gradient is near zero can
 // take an update of the other sign on the other backend (AdamW's first steps move by lr · sign(g)), so the
-// weights are compared by the fraction that agree.
+// weights are compared by the fraction that agree. With precision::fp8_v3 both backends quantise to the
+// same bytes, but a GEMM result that differs in its last bits can round to another E4M3 value in the next
+// Linear, so more gradient signs near zero differ: 95 % of the weights must agree (not yet run on a GPU).
 #include "gpu_test.cuh"
 
 #include <cmath>
@@ -59,7 +61,7 @@ trace train(Backend& be, const std::vector<std::int32_t>& tokens) {
 }
 
 template <dsx::precision_policy P>
-void compare(double tol) {
+void compare(double tol, double agree_fraction = 0.99) {
   std::vector<std::int32_t> tokens(std::size_t(batch * seq));
   for (std::size_t i = 0; i < tokens.size(); ++i) tokens[i] = std::int32_t((i * 13 + 5) % dense.vocab);
   dsx::backend::host hb;
@@ -76,7 +78,7 @@ void compare(double tol) {
   for (std::size_t i = 0; i < want.params.size(); ++i)
     agree += std::abs(got.params[i] - want.params[i]) <= 0.1 * lr + tol * std::abs(want.params[i]);
   INFO(agree << " of " << want.params.size() << " weights agree");
-  CHECK(double(agree) >= 0.99 * double(want.params.size()));
+  CHECK(double(agree) >= agree_fraction * double(want.params.size()));
 }
 
 }  // namespace
@@ -87,4 +89,8 @@ TEST_CASE("training steps with AdamW on the GPU equal the host backend in f32", 
 
 TEST_CASE("training steps with AdamW and f32 master weights on the GPU equal the host backend in bf16", "[gpu]") {
   compare<dsx::precision::bf16_master>(3e-2);
+}
+
+TEST_CASE("training steps with FP8 Linears (precision::fp8_v3) on the GPU track the host backend", "[gpu]") {
+  compare<dsx::precision::fp8_v3>(3e-2, 0.95);
 }

@@ -13,6 +13,11 @@ struct precision_policy {
   dtype grad;        // parameter gradients (accumulated over micro-batches)
   dtype master;      // optimizer's master copy of the weights (== param: no separate copy)
   dtype moment;      // AdamW first and second moments
+  // Every Linear's three GEMMs (forward, input gradient, weight gradient) in FP8 with block scaling, as
+  // DeepSeek-V3 trains (§3.3.1; layers/linear.hpp): inputs quantised to E4M3 per 1×128 tile (activations,
+  // gradients) or 128×128 block (weights) just before each GEMM, f32 accumulation, output in `param`'s
+  // type. The embedding, the output head, the MoE router, norms and the attention core keep `param`.
+  bool fp8_linear = false;
   friend constexpr bool operator==(const precision_policy&, const precision_policy&) = default;
 
   constexpr bool has_master_copy() const { return master != param; }
@@ -33,6 +38,8 @@ inline constexpr precision_policy bf16_uniform{dtype::bf16, dtype::bf16, dtype::
 // the master and the model reads its bf16 rounding, so updates below bf16's resolution accumulate. The
 // bf16 policy a dsx::transformer trains with (gradients in bf16, unlike precision::bf16).
 inline constexpr precision_policy bf16_master{dtype::bf16, dtype::bf16, dtype::f32, dtype::bf16, dtype::f32, dtype::f32};
+// bf16_master with DeepSeek-V3's FP8 GEMMs for every Linear: the FP8 training recipe.
+inline constexpr precision_policy fp8_v3{dtype::bf16, dtype::bf16, dtype::f32, dtype::bf16, dtype::f32, dtype::f32, true};
 static_assert(!f32.has_master_copy() && bf16.has_master_copy() && !bf16_uniform.has_master_copy() &&
               bf16_master.has_master_copy());
 static_assert(bf16.accumulate == dtype::f32 && bf16_v3.moment == dtype::bf16);

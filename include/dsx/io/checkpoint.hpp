@@ -15,8 +15,9 @@
 //     trainer_state.json     format, step, updates (the schedule position), tokens seen, seed, loader
 //                            state, skipped steps, consecutive non-finite steps, the storage types
 //                            (master_dtype "none" without a master copy; a checkpoint without the field
-//                            predates master copies and has none), and the training options the run was
-//                            started with
+//                            predates master copies and has none; linear_dtype "F8_E4M3" when the
+//                            Linears' GEMMs run in FP8, else param_dtype, which a checkpoint without the
+//                            field implies), and the training options the run was started with
 //
 // Atomicity: the files are written into OUT/checkpoint.tmp (any stale one from a crash is removed
 // first), each flushed to disk (write_file_atomic), then OUT/checkpoint becomes OUT/checkpoint.prev
@@ -126,6 +127,12 @@ std::string master_dtype_name() {
   return adamw<Model>::has_master ? dtype_name(dtype::f32) : std::string("none");
 }
 
+// trainer_state.json's "linear_dtype": what the Linears' GEMMs take as inputs.
+template <class Model>
+std::string linear_dtype_name() {
+  return Model::precision.fp8_linear ? dtype_name(dtype::fp8_e4m3) : dtype_name(Model::precision.param);
+}
+
 }  // namespace checkpoint_detail
 
 // Writes `model` as an HF model folder: config.json and model.safetensors (every tensor under its HF
@@ -185,6 +192,7 @@ void save_checkpoint(const std::filesystem::path& out, Model& model, adamw<Model
                             {"param_dtype", checkpoint_detail::dtype_name(safetensors::dtype_of<T>())},
                             {"moment_dtype", checkpoint_detail::dtype_name(safetensors::dtype_of<M>())},
                             {"master_dtype", checkpoint_detail::master_dtype_name<Model>()},
+                            {"linear_dtype", checkpoint_detail::linear_dtype_name<Model>()},
                             {"options", state.options}};
   checkpoint_detail::write_text(tmp / "trainer_state.json", j.dump(2) + "\n");
   checkpoint_detail::sync_folder(tmp);
@@ -266,6 +274,12 @@ trainer_state load_checkpoint(const std::filesystem::path& dir, Model& model, ad
     if (saved_master != want_master)
       throw error(where + ": field \"master_dtype\": the checkpoint's master weights are " + saved_master.dump() +
                   ", this model's precision policy keeps \"" + want_master +
+                  "\" (an exact resume needs the same precision policy)");
+    const std::string want_linear = checkpoint_detail::linear_dtype_name<Model>();
+    const nlohmann::json saved_linear = j.contains("linear_dtype") ? j["linear_dtype"] : j["param_dtype"];
+    if (saved_linear != want_linear)
+      throw error(where + ": field \"linear_dtype\": the checkpoint was trained with Linear GEMMs in " +
+                  saved_linear.dump() + ", this model's precision policy runs them in \"" + want_linear +
                   "\" (an exact resume needs the same precision policy)");
   }
 

@@ -5,7 +5,8 @@
 //
 // Used for the main layer stack and for the block inside each MTP module. Contract as layers/mlp.hpp:
 // plan/bind/scratch_bytes; forward writes `out` (=); backward turns d(loss)/d(out), given in `dh`, into
-// d(loss)/d(h) in place and accumulates parameter gradients (+=).
+// d(loss)/d(h) in place and accumulates parameter gradients (+=). With Fp8 every Linear of the block runs
+// in FP8 block scaling (layers/linear.hpp), from the workspace given to use_fp8_workspace.
 #pragma once
 
 #include <algorithm>
@@ -38,7 +39,7 @@ struct block_grads {
   moe_grads<T> sparse;
 };
 
-template <class T>
+template <class T, bool Fp8 = false>
 class decoder_block {
  public:
   using A = accum_t<T>;
@@ -73,6 +74,16 @@ class decoder_block {
     const std::size_t ffn = sparse_ ? sparse_->scratch_bytes(n) : dense_->scratch_bytes(n);
     const std::size_t own = align(std::size_t(2 * n * hidden_) * sizeof(T));
     return own + std::max({attn_.scratch_bytes(batch, seq), attn_.decode_scratch_bytes(batch, seq), ffn});
+  }
+  void fp8_workspace_need(fp8_workspace_size& s, std::int64_t tokens) const {
+    attn_.fp8_workspace_need(s, tokens);
+    if (sparse_) sparse_->fp8_workspace_need(s, tokens);
+    else dense_->fp8_workspace_need(s, tokens);
+  }
+  void use_fp8_workspace(const fp8_workspace& ws) {
+    attn_.use_fp8_workspace(ws);
+    if (sparse_) sparse_->use_fp8_workspace(ws);
+    else dense_->use_fp8_workspace(ws);
   }
 
   template <class Backend>
@@ -111,8 +122,8 @@ class decoder_block {
     ffn_forward(be, w, mid_, out, n, scratch);
   }
 
-  const moe<T>* sparse() const { return sparse_ ? &*sparse_ : nullptr; }
-  moe<T>* sparse() { return sparse_ ? &*sparse_ : nullptr; }
+  const moe<T, Fp8>* sparse() const { return sparse_ ? &*sparse_ : nullptr; }
+  moe<T, Fp8>* sparse() { return sparse_ ? &*sparse_ : nullptr; }
 
  private:
   struct slot_ids { std::size_t xn1, rstd1, mid, xn2, rstd2; };
@@ -142,9 +153,9 @@ class decoder_block {
     add_into(be, out, b, n * hidden_);
   }
 
-  mla<T> attn_;
-  std::optional<mlp<T>> dense_;
-  std::optional<moe<T>> sparse_;
+  mla<T, Fp8> attn_;
+  std::optional<mlp<T, Fp8>> dense_;
+  std::optional<moe<T, Fp8>> sparse_;
   std::int64_t hidden_;
   double eps_;
   slot_ids slots_{};

@@ -22,7 +22,9 @@
 // Contract (layers/mlp.hpp): `plan` declares the activations kept for backward, `bind` resolves them,
 // `scratch_bytes` / `decode_scratch_bytes` size the temporary memory the caller passes in. forward
 // writes y (=); backward writes dx (=) and accumulates parameter gradients (+=). Only backend primitives
-// touch tensor memory, so every backend runs this code.
+// touch tensor memory, so every backend runs this code. The projections run through linear_gemm<Fp8>
+// (layers/linear.hpp; FP8 block scaling with Fp8, which needs use_fp8_workspace first); the attention
+// core, and in decode the absorbed per-head products with kv_b_proj, stay in T.
 //
 // Positions: token t of each sequence is at position t in forward/backward; the i-th new token of a
 // decode call is at start_pos + i. cos, sin: (positions, rope / 2) tables from layers/rope.hpp `make_rope_table`, covering every
@@ -39,6 +41,7 @@
 #include "dsx/core/arena.hpp"
 #include "dsx/core/error.hpp"
 #include "dsx/core/numeric.hpp"
+#include "dsx/layers/linear.hpp"
 #include "dsx/layers/rope.hpp"
 
 namespace dsx {
@@ -99,7 +102,7 @@ class scratch_cursor {
 };
 }  // namespace detail
 
-template <class T>
+template <class T, bool Fp8 = false>
 class mla {
   using A = accum_t<T>;
 
@@ -157,6 +160,20 @@ class mla {
     return carve_decode(nullptr, batch * new_tokens).bytes;
   }
 
+  void fp8_workspace_need(fp8_workspace_size& s, std::int64_t tokens) const {
+    const std::int64_t hqk = heads_ * qk();
+    if (q_lora_ > 0) {
+      s.add(tokens, q_lora_, hidden_);
+      s.add(tokens, hqk, q_lora_);
+    } else {
+      s.add(tokens, hqk, hidden_);
+    }
+    s.add(tokens, latent(), hidden_);
+    s.add(tokens, heads_ * (nope_ + v_dim_), kv_lora_);
+    s.add(tokens, hidden_, heads_ * v_dim_);
+  }
+  void use_fp8_workspace(const fp8_workspace& ws) { lin_.use(ws); }
+
   // x: (batch · seq, hidden), the normalised block input → y: (batch · seq, hidden) (=).
   template <class Backend>
   void forward(Backend& be, const mla_weights<T>& w, const T* x, T* y, std::int64_t batch, std::int64_t seq,
@@ -171,10 +188,10 @@ class mla {
     project_query(be, w, x, tokens, seq, 0, cos, sin, q_, qa_, qa_norm_, qa_rstd_);  // (tokens, heads, nope + rope)
     project_latent(be, w, x, tokens, seq, 0, cos, sin, kva_, c_, c_rstd_);            // c_KV: (tokens, kv_lora)
     // Per-head keys and values from the latent: kv (tokens, heads, nope + v), then K and V.
-    gemm(be, false, true, tokens, hkv, kv_lora_, 1.0, c_, kv_lora_, w.kv_b_proj, kv_lora_, 0.0, s.kv, hkv);
+    lin_.fprop(be, tokens, hkv, kv_lora_, c_, w.kv_b_proj, s.kv);
     mla_expand_kv(be, k_, v_, s.kv, kva_ + kv_lora_, latent(), tokens, heads_, nope_, rope_, v_dim_);
     attention_forward(be, o_, lse_, q_, k_, v_, batch, seq, heads_, qk(), v_dim_, scale_);   // (tokens, heads, v)
-    gemm(be, false, true, tokens, hidden_, hv, 1.0, o_, hv, w.o_proj, hv, 0.0, y, hidden_);  // (tokens, hidden)
+    lin_.fprop(be, tokens, hidden_, hv, o_, w.o_proj, y);                                    // (tokens, hidden)
   }
 
   // After forward on the same x: dy: (batch · seq, hidden) → dx: (batch · seq, hidden) (=); grads +=.
@@ -193,8 +210,8 @@ class mla {
     const auto s = carve_backward(scratch, tokens);
 
     // Output projection and attention.
-    gemm(be, true, false, hidden_, hv, tokens, 1.0, dy, hidden_, o_, hv, 1.0, g.o_proj, hv);       // dW_o += dyᵀ o
-    gemm(be, false, false, tokens, hv, hidden_, 1.0, dy, hidden_, w.o_proj, hv, 0.0, s.d_o, hv);  // dO = dy W_o
+    lin_.wgrad(be, tokens, hidden_, hv, dy, o_, g.o_proj);            // dW_o += dyᵀ o
+    lin_.dgrad(be, tokens, hidden_, hv, dy, w.o_proj, 0.0, s.d_o);    // dO = dy W_o
     attention_backward(be, s.dq, s.dk, s.dv, s.d_o, q_, k_, v_, o_, lse_, batch, seq, heads_, qk(), v_dim_, scale_);
 
     // Keys and values back to the latent: the K_nope and V rows of kv_b_proj, and the shared k_pe whose
@@ -202,29 +219,29 @@ class mla {
     mla_expand_kv_backward(be, s.dkv, s.dkva + kv_lora_, lat, s.dk, s.dv, tokens, heads_, nope_, rope_, v_dim_);
     rope_apply(be, s.dkva + kv_lora_, tokens, 1, lat, 0, rope_, seq, 0, cos, sin, true);  // d k_pe before RoPE
     // dW_kvb += dkvᵀ c_KV;  d c_KV = dkv W_kvb
-    gemm(be, true, false, hkv, kv_lora_, tokens, 1.0, s.dkv, hkv, c_, kv_lora_, 1.0, g.kv_b_proj, kv_lora_);
-    gemm(be, false, false, tokens, kv_lora_, hkv, 1.0, s.dkv, hkv, w.kv_b_proj, kv_lora_, 0.0, s.dc, kv_lora_);
+    lin_.wgrad(be, tokens, hkv, kv_lora_, s.dkv, c_, g.kv_b_proj);
+    lin_.dgrad(be, tokens, hkv, kv_lora_, s.dkv, w.kv_b_proj, 0.0, s.dc);
     rmsnorm_backward(be, s.dkva, lat, g.kv_a_norm, s.dc, kv_lora_, kva_, lat, w.kv_a_norm, c_rstd_, tokens, kv_lora_,
                      false);  // d c into the first kv_lora columns of dkva
     // dW_kva += dkvaᵀ x;  dx = dkva W_kva
-    gemm(be, true, false, lat, hidden_, tokens, 1.0, s.dkva, lat, x, hidden_, 1.0, g.kv_a_proj, hidden_);
-    gemm(be, false, false, tokens, hidden_, lat, 1.0, s.dkva, lat, w.kv_a_proj, hidden_, 0.0, dx, hidden_);
+    lin_.wgrad(be, tokens, lat, hidden_, s.dkva, x, g.kv_a_proj);
+    lin_.dgrad(be, tokens, lat, hidden_, s.dkva, w.kv_a_proj, 0.0, dx);
 
     // Query.
     rope_apply(be, s.dq + nope_, tokens, heads_, hqk, qk(), rope_, seq, 0, cos, sin, true);  // d q_pe before RoPE
     if (q_lora_ > 0) {
       // dW_qb += dqᵀ q_a_norm;  d q_a_norm = dq W_qb
-      gemm(be, true, false, hqk, q_lora_, tokens, 1.0, s.dq, hqk, qa_norm_, q_lora_, 1.0, g.q_b_proj, q_lora_);
-      gemm(be, false, false, tokens, q_lora_, hqk, 1.0, s.dq, hqk, w.q_b_proj, q_lora_, 0.0, s.dqa_norm, q_lora_);
+      lin_.wgrad(be, tokens, hqk, q_lora_, s.dq, qa_norm_, g.q_b_proj);
+      lin_.dgrad(be, tokens, hqk, q_lora_, s.dq, w.q_b_proj, 0.0, s.dqa_norm);
       rmsnorm_backward(be, s.dqa, q_lora_, g.q_a_norm, s.dqa_norm, q_lora_, qa_, q_lora_, w.q_a_norm, qa_rstd_,
                        tokens, q_lora_, false);  // (tokens, q_lora)
       // dW_qa += dqaᵀ x;  dx += dqa W_qa
-      gemm(be, true, false, q_lora_, hidden_, tokens, 1.0, s.dqa, q_lora_, x, hidden_, 1.0, g.q_a_proj, hidden_);
-      gemm(be, false, false, tokens, hidden_, q_lora_, 1.0, s.dqa, q_lora_, w.q_a_proj, hidden_, 1.0, dx, hidden_);
+      lin_.wgrad(be, tokens, q_lora_, hidden_, s.dqa, x, g.q_a_proj);
+      lin_.dgrad(be, tokens, q_lora_, hidden_, s.dqa, w.q_a_proj, 1.0, dx);
     } else {
       // dW_q += dqᵀ x;  dx += dq W_q
-      gemm(be, true, false, hqk, hidden_, tokens, 1.0, s.dq, hqk, x, hidden_, 1.0, g.q_proj, hidden_);
-      gemm(be, false, false, tokens, hidden_, hqk, 1.0, s.dq, hqk, w.q_proj, hidden_, 1.0, dx, hidden_);
+      lin_.wgrad(be, tokens, hqk, hidden_, s.dq, x, g.q_proj);
+      lin_.dgrad(be, tokens, hqk, hidden_, s.dq, w.q_proj, 1.0, dx);
     }
   }
 
@@ -261,7 +278,7 @@ class mla {
     // Apply W_UV (v, kv_lora) of each head after attention: o = o_lat · W_UVᵀ, (tokens, heads, v).
     gemm_strided_batched(be, false, true, tokens, v_dim_, kv_lora_, 1.0, s.o_lat, hl, kv_lora_,
                          w.kv_b_proj + nope_ * kv_lora_, kv_lora_, head_block, 0.0, s.o, hv, v_dim_, heads_);
-    gemm(be, false, true, tokens, hidden_, hv, 1.0, s.o, hv, w.o_proj, hv, 0.0, y, hidden_);  // (tokens, hidden)
+    lin_.fprop(be, tokens, hidden_, hv, s.o, w.o_proj, y);  // (tokens, hidden)
   }
 
  private:
@@ -333,11 +350,11 @@ class mla {
                      std::int64_t pos_offset, const A* cos, const A* sin, T* q, T* qa, T* qa_norm, A* qa_rstd) const {
     const std::int64_t hqk = heads_ * qk();
     if (q_lora_ > 0) {
-      gemm(be, false, true, tokens, q_lora_, hidden_, 1.0, x, hidden_, w.q_a_proj, hidden_, 0.0, qa, q_lora_);
+      lin_.fprop(be, tokens, q_lora_, hidden_, x, w.q_a_proj, qa);
       rmsnorm_forward(be, qa_norm, q_lora_, qa_rstd, qa, q_lora_, w.q_a_norm, tokens, q_lora_, eps_);
-      gemm(be, false, true, tokens, hqk, q_lora_, 1.0, qa_norm, q_lora_, w.q_b_proj, q_lora_, 0.0, q, hqk);
+      lin_.fprop(be, tokens, hqk, q_lora_, qa_norm, w.q_b_proj, q);
     } else {
-      gemm(be, false, true, tokens, hqk, hidden_, 1.0, x, hidden_, w.q_proj, hidden_, 0.0, q, hqk);
+      lin_.fprop(be, tokens, hqk, hidden_, x, w.q_proj, q);
     }
     rope_apply(be, q + nope_, tokens, heads_, hqk, qk(), rope_, seq_len, pos_offset, cos, sin, false);
   }
@@ -348,7 +365,7 @@ class mla {
   void project_latent(Backend& be, const mla_weights<T>& w, const T* x, std::int64_t tokens, std::int64_t seq_len,
                       std::int64_t pos_offset, const A* cos, const A* sin, T* kva, T* c_kv, A* c_rstd) const {
     const std::int64_t lat = latent();
-    gemm(be, false, true, tokens, lat, hidden_, 1.0, x, hidden_, w.kv_a_proj, hidden_, 0.0, kva, lat);
+    lin_.fprop(be, tokens, lat, hidden_, x, w.kv_a_proj, kva);
     rmsnorm_forward(be, c_kv, kv_lora_, c_rstd, kva, lat, w.kv_a_norm, tokens, kv_lora_, eps_);
     rope_apply(be, kva + kv_lora_, tokens, 1, lat, 0, rope_, seq_len, pos_offset, cos, sin, false);
   }
@@ -390,6 +407,7 @@ class mla {
   T *qa_ = nullptr, *qa_norm_ = nullptr, *q_ = nullptr, *kva_ = nullptr, *c_ = nullptr, *k_ = nullptr,
     *v_ = nullptr, *o_ = nullptr;
   A *qa_rstd_ = nullptr, *c_rstd_ = nullptr, *lse_ = nullptr;
+  linear_gemm<Fp8> lin_;
 };
 
 }  // namespace dsx

@@ -9,12 +9,15 @@
 //    gradients (+=).
 //  - Weights are views into the parameter arena. gate_proj and up_proj of one FFN are adjacent there
 //    (see config/param_spec.hpp), so `gate_up` is one (2·inter, hidden) matrix and one GEMM computes both.
+//  - The Linears' GEMMs run through a linear_gemm<Fp8> (layers/linear.hpp): in T, or with Fp8 in FP8 block
+//    scaling; an Fp8 layer needs use_fp8_workspace, sized by fp8_workspace_size, before its first call.
 #pragma once
 
 #include <cstdint>
 
 #include "dsx/core/arena.hpp"
 #include "dsx/core/numeric.hpp"
+#include "dsx/layers/linear.hpp"
 
 namespace dsx {
 
@@ -30,7 +33,7 @@ struct mlp_grads {
   T* down = nullptr;
 };
 
-template <class T>
+template <class T, bool Fp8 = false>
 class mlp {
  public:
   mlp() = default;
@@ -46,13 +49,18 @@ class mlp {
     h_ = reinterpret_cast<T*>(base + p.offset(h_slot_));
   }
   std::size_t scratch_bytes(std::int64_t tokens) const { return std::size_t(tokens * 3 * inter_) * sizeof(T); }
+  void fp8_workspace_need(fp8_workspace_size& s, std::int64_t tokens) const {
+    s.add(tokens, 2 * inter_, hidden_);
+    s.add(tokens, hidden_, inter_);
+  }
+  void use_fp8_workspace(const fp8_workspace& ws) { lin_.use(ws); }
 
   // x: (tokens, hidden) → y: (tokens, hidden). tokens ≤ the planned count.
   template <class Backend>
   void forward(Backend& be, const mlp_weights<T>& w, const T* x, T* y, std::int64_t tokens) {
-    gemm(be, false, true, tokens, 2 * inter_, hidden_, 1.0, x, hidden_, w.gate_up, hidden_, 0.0, gu_, 2 * inter_);  // (tokens, 2·inter)
-    swiglu_forward(be, h_, gu_, tokens, inter_);                                                                      // (tokens, inter)
-    gemm(be, false, true, tokens, hidden_, inter_, 1.0, h_, inter_, w.down, inter_, 0.0, y, hidden_);                // (tokens, hidden)
+    lin_.fprop(be, tokens, 2 * inter_, hidden_, x, w.gate_up, gu_);  // (tokens, 2·inter)
+    swiglu_forward(be, h_, gu_, tokens, inter_);                      // (tokens, inter)
+    lin_.fprop(be, tokens, hidden_, inter_, h_, w.down, y);           // (tokens, hidden)
   }
 
   // dy: (tokens, hidden) → dx: (tokens, hidden) (=); grads += .
@@ -61,11 +69,11 @@ class mlp {
                 std::int64_t tokens, std::byte* scratch) {
     T* dh = reinterpret_cast<T*>(scratch);  // (tokens, inter)
     T* dgu = dh + tokens * inter_;           // (tokens, 2·inter)
-    gemm(be, true, false, hidden_, inter_, tokens, 1.0, dy, hidden_, h_, inter_, 1.0, g.down, inter_);   // dW_down += dyᵀ h
-    gemm(be, false, false, tokens, inter_, hidden_, 1.0, dy, hidden_, w.down, inter_, 0.0, dh, inter_);  // dh = dy W_down
+    lin_.wgrad(be, tokens, hidden_, inter_, dy, h_, g.down);            // dW_down += dyᵀ h
+    lin_.dgrad(be, tokens, hidden_, inter_, dy, w.down, 0.0, dh);       // dh = dy W_down
     swiglu_backward(be, dgu, dh, gu_, tokens, inter_);
-    gemm(be, true, false, 2 * inter_, hidden_, tokens, 1.0, dgu, 2 * inter_, x, hidden_, 1.0, g.gate_up, hidden_);  // dW_gu += dguᵀ x
-    gemm(be, false, false, tokens, hidden_, 2 * inter_, 1.0, dgu, 2 * inter_, w.gate_up, hidden_, 0.0, dx, hidden_);  // dx = dgu W_gu
+    lin_.wgrad(be, tokens, 2 * inter_, hidden_, dgu, x, g.gate_up);     // dW_gu += dguᵀ x
+    lin_.dgrad(be, tokens, 2 * inter_, hidden_, dgu, w.gate_up, 0.0, dx);  // dx = dgu W_gu
   }
 
  private:
@@ -73,6 +81,7 @@ class mlp {
   std::size_t gu_slot_ = 0, h_slot_ = 0;
   T* gu_ = nullptr;
   T* h_ = nullptr;
+  linear_gemm<Fp8> lin_;
 };
 
 }  // namespace dsx

@@ -25,6 +25,10 @@
 // Router logits are computed in the storage type T (the reference demo does the same in bf16); scores
 // and routing weights are kept in accum_t<T>.
 //
+// The experts' and the shared expert's Linears run through linear_gemm<Fp8> (layers/linear.hpp); with
+// Fp8 the routed experts run expert by expert over their segments, the offsets read back to the host once
+// per pass. The router stays in T (DeepSeek-V3 keeps the gating module out of FP8).
+//
 // Parameter layout (config/param_spec.hpp): expert e's block starts at experts + e · 3 · inter · hidden
 // and holds gate_up (2 · inter, hidden), gate_proj rows then up_proj rows, then down (hidden, inter).
 #pragma once
@@ -41,6 +45,7 @@
 #include "dsx/core/arena.hpp"
 #include "dsx/core/error.hpp"
 #include "dsx/core/numeric.hpp"
+#include "dsx/layers/linear.hpp"
 #include "dsx/layers/mlp.hpp"
 #include "dsx/layers/router.hpp"
 
@@ -63,7 +68,7 @@ struct moe_grads {
   T* shared_down = nullptr;     // (hidden, shared·inter)
 };
 
-template <class T>
+template <class T, bool Fp8 = false>
 class moe {
  public:
   using A = accum_t<T>;
@@ -116,6 +121,16 @@ class moe {
     const std::size_t shared = shared_inter_ > 0 ? shared_.scratch_bytes(tokens) : 0;
     return std::max(layout(tokens).bytes, shared);
   }
+  void fp8_workspace_need(fp8_workspace_size& s, std::int64_t tokens) const {
+    const std::int64_t rows = tokens * route_.top_k;  // bounds every expert's segment
+    s.add(rows, 2 * inter_, hidden_);
+    s.add(rows, hidden_, inter_);
+    if (shared_inter_ > 0) shared_.fp8_workspace_need(s, tokens);
+  }
+  void use_fp8_workspace(const fp8_workspace& ws) {
+    lin_.use(ws);
+    shared_.use_fp8_workspace(ws);
+  }
 
   // Routing of the last forward: (tokens, top_k) expert ids, best first, in backend memory.
   const std::int32_t* topk_indices() const { return indices_; }
@@ -126,8 +141,7 @@ class moe {
   template <class Backend>
   std::vector<std::int64_t> expert_load(Backend& be) const {
     require(forward_tokens_ >= 0, "moe.expert_load: no forward has run yet");
-    std::vector<std::int32_t> offsets(std::size_t(route_.experts + 1));
-    be.download(offsets.data(), offsets_, offsets.size() * sizeof(std::int32_t));
+    const std::vector<std::int32_t> offsets = host_offsets(be);
     std::vector<std::int64_t> load(std::size_t(route_.experts));
     for (std::size_t e = 0; e < load.size(); ++e) load[e] = offsets[e + 1] - offsets[e];
     return load;
@@ -279,10 +293,36 @@ class moe {
   void local_experts(Backend& be, const T* experts, const T* xs, std::int64_t tokens) {
     const std::int64_t rows = tokens * route_.top_k, stride = expert_stride();
     const T* down = experts + down_offset();
-    const int e = route_.experts;
-    gemm_grouped(be, true, 2 * inter_, hidden_, xs, experts, stride, gu_, offsets_, e);  // (rows, 2·inter)
-    swiglu_forward(be, h_, gu_, rows, inter_);                                           // (rows, inter)
-    gemm_grouped(be, true, hidden_, inter_, h_, down, stride, eo_, offsets_, e);         // (rows, hidden)
+    if constexpr (Fp8) {
+      const auto segments = host_offsets(be);
+      for_segments(segments, [&](int x, std::int64_t first, std::int64_t n) {
+        lin_.fprop(be, n, 2 * inter_, hidden_, xs + first * hidden_, experts + x * stride, gu_ + first * 2 * inter_);
+      });
+      swiglu_forward(be, h_, gu_, rows, inter_);
+      for_segments(segments, [&](int x, std::int64_t first, std::int64_t n) {
+        lin_.fprop(be, n, hidden_, inter_, h_ + first * inter_, down + x * stride, eo_ + first * hidden_);
+      });
+    } else {
+      const int e = route_.experts;
+      gemm_grouped(be, true, 2 * inter_, hidden_, xs, experts, stride, gu_, offsets_, e);  // (rows, 2·inter)
+      swiglu_forward(be, h_, gu_, rows, inter_);                                           // (rows, inter)
+      gemm_grouped(be, true, hidden_, inter_, h_, down, stride, eo_, offsets_, e);         // (rows, hidden)
+    }
+  }
+
+  // The expert offsets of the last forward (E + 1), read back to the host.
+  template <class Backend>
+  std::vector<std::int32_t> host_offsets(Backend& be) const {
+    std::vector<std::int32_t> offsets(std::size_t(route_.experts + 1));
+    be.download(offsets.data(), offsets_, offsets.size() * sizeof(std::int32_t));
+    return offsets;
+  }
+  // f(expert, first row, rows) for every expert with rows.
+  template <class F>
+  void for_segments(const std::vector<std::int32_t>& offsets, F&& f) const {
+    for (int x = 0; x < route_.experts; ++x)
+      if (offsets[std::size_t(x) + 1] > offsets[std::size_t(x)])
+        f(x, std::int64_t(offsets[std::size_t(x)]), std::int64_t(offsets[std::size_t(x) + 1] - offsets[std::size_t(x)]));
   }
 
   template <class Backend>
@@ -303,12 +343,27 @@ class moe {
     const std::int64_t rows = tokens * route_.top_k, stride = expert_stride();
     const T* down = experts + down_offset();
     T* ddown = dexperts + down_offset();
-    const int e = route_.experts;
-    gemm_grouped_wgrad(be, hidden_, inter_, dio, h_, ddown, stride, offsets_, e);          // dW_down += deoᵀ h
-    gemm_grouped(be, false, inter_, hidden_, dio, down, stride, dh, offsets_, e);          // dh = deo · W_down
-    swiglu_backward(be, dgu, dh, gu_, rows, inter_);                                       // (rows, 2·inter)
-    gemm_grouped_wgrad(be, 2 * inter_, hidden_, dgu, xs, dexperts, stride, offsets_, e);   // dW_gu += dguᵀ xs
-    gemm_grouped(be, false, hidden_, 2 * inter_, dgu, experts, stride, dio, offsets_, e);  // dxs = dgu · W_gu
+    if constexpr (Fp8) {
+      const auto segments = host_offsets(be);
+      for_segments(segments, [&](int x, std::int64_t first, std::int64_t n) {
+        const T* deo = dio + first * hidden_;
+        lin_.wgrad(be, n, hidden_, inter_, deo, h_ + first * inter_, ddown + x * stride);
+        lin_.dgrad(be, n, hidden_, inter_, deo, down + x * stride, 0.0, dh + first * inter_);
+      });
+      swiglu_backward(be, dgu, dh, gu_, rows, inter_);
+      for_segments(segments, [&](int x, std::int64_t first, std::int64_t n) {
+        const T* dgu_x = dgu + first * 2 * inter_;
+        lin_.wgrad(be, n, 2 * inter_, hidden_, dgu_x, xs + first * hidden_, dexperts + x * stride);
+        lin_.dgrad(be, n, 2 * inter_, hidden_, dgu_x, experts + x * stride, 0.0, dio + first * hidden_);
+      });
+    } else {
+      const int e = route_.experts;
+      gemm_grouped_wgrad(be, hidden_, inter_, dio, h_, ddown, stride, offsets_, e);          // dW_down += deoᵀ h
+      gemm_grouped(be, false, inter_, hidden_, dio, down, stride, dh, offsets_, e);          // dh = deo · W_down
+      swiglu_backward(be, dgu, dh, gu_, rows, inter_);                                       // (rows, 2·inter)
+      gemm_grouped_wgrad(be, 2 * inter_, hidden_, dgu, xs, dexperts, stride, offsets_, e);   // dW_gu += dguᵀ xs
+      gemm_grouped(be, false, hidden_, 2 * inter_, dgu, experts, stride, dio, offsets_, e);  // dxs = dgu · W_gu
+    }
   }
 
   // dx (=, or += when accumulate) = Σ_k dxs of the token's assignments.
@@ -334,7 +389,8 @@ class moe {
   double balance_weight_ = 0;                         // α
   std::int64_t batch_ = 0, seq_ = 0;                  // from set_sequences
   std::int64_t balance_batch_ = 0, balance_seq_ = 0;  // the last forward's balance loss; batch 0 when none
-  mlp<T> shared_;
+  mlp<T, Fp8> shared_;
+  linear_gemm<Fp8> lin_;
   std::size_t scores_slot_ = 0, indices_slot_ = 0, weights_slot_ = 0, perm_slot_ = 0, inv_perm_slot_ = 0,
               offsets_slot_ = 0, gu_slot_ = 0, h_slot_ = 0, eo_slot_ = 0, coeff_slot_ = 0, balance_losses_slot_ = 0;
   A* scores_ = nullptr;               // (tokens, E) affinities

@@ -23,7 +23,8 @@
 //
 // Contract (as layers/mlp.hpp): plan/bind/scratch_bytes; forward writes h^k (=) and the per-position loss;
 // backward writes (or adds) d h^{k−1}, and accumulates every parameter gradient (+=), the shared embedding
-// and head included.
+// and head included. With Fp8 the block and eh_proj run in FP8 block scaling (layers/linear.hpp); the
+// shared head stays in T, as the main model's does.
 #pragma once
 
 #include <algorithm>
@@ -35,6 +36,7 @@
 #include "dsx/core/error.hpp"
 #include "dsx/core/numeric.hpp"
 #include "dsx/layers/block.hpp"
+#include "dsx/layers/linear.hpp"
 
 namespace dsx {
 
@@ -60,7 +62,7 @@ struct mtp_grads {
   T* head = nullptr;
 };
 
-template <class T>
+template <class T, bool Fp8 = false>
 class mtp_module {
  public:
   using A = accum_t<T>;
@@ -108,6 +110,15 @@ class mtp_module {
     return std::max({block_.scratch_bytes(batch, seq), logits, own});
   }
 
+  void fp8_workspace_need(fp8_workspace_size& s, std::int64_t tokens) const {
+    block_.fp8_workspace_need(s, tokens);
+    s.add(tokens, hidden_, 2 * hidden_);
+  }
+  void use_fp8_workspace(const fp8_workspace& ws) {
+    block_.use_fp8_workspace(ws);
+    lin_.use(ws);
+  }
+
   // Positions of `batch` sequences of length `seq` that have a target: i + depth + 1 < seq.
   std::int64_t counted(std::int64_t batch, std::int64_t seq) const {
     return batch * std::max<std::int64_t>(0, seq - depth_ - 1);
@@ -128,7 +139,7 @@ class mtp_module {
     }
     rmsnorm_forward(be, cat_, 2 * d, rstd_e_, emb_, d, w.enorm, n, d, eps_);        // (N, [0, d)) of (N, 2d)
     rmsnorm_forward(be, cat_ + d, 2 * d, rstd_h_, h_prev, d, w.hnorm, n, d, eps_);  // (N, [d, 2d)) of (N, 2d)
-    gemm(be, false, true, n, d, 2 * d, 1.0, cat_, 2 * d, w.eh_proj, 2 * d, 0.0, hp_, d);  // (N, d)
+    lin_.fprop(be, n, d, 2 * d, cat_, w.eh_proj, hp_);  // (N, d)
     block_.forward(be, w.block, hp_, out, batch, seq, cos, sin, scratch);                 // (N, d)
     T* logits = reinterpret_cast<T*>(scratch);                                            // (N, V)
     rmsnorm_forward(be, xn_, d, rstd_n_, out, d, w.head_norm, n, d, eps_);
@@ -141,8 +152,8 @@ class mtp_module {
   // Loss per position of the last forward: (N), 0 where the target is −1. Backend memory.
   const A* row_losses() const { return row_loss_; }
   // The MoE layer of the module's block, or null for a dense block.
-  const moe<T>* sparse() const { return block_.sparse(); }
-  moe<T>* sparse() { return block_.sparse(); }
+  const moe<T, Fp8>* sparse() const { return block_.sparse(); }
+  moe<T, Fp8>* sparse() { return block_.sparse(); }
 
   // After forward on the same inputs. dh: (N, d) on entry d loss/d h^k from module k + 1 when
   // `dh_from_next` (otherwise its content is ignored); clobbered. dh_prev: (N, d) receives d loss/d h^{k−1},
@@ -166,8 +177,8 @@ class mtp_module {
     block_.backward(be, w.block, g.block, hp_, dh, batch, seq, cos, sin, scratch);  // dh ← d loss/d h'
     T* dcat = reinterpret_cast<T*>(scratch);                                       // (N, 2d)
     T* demb = reinterpret_cast<T*>(scratch + align(std::size_t(2 * n * d) * sizeof(T)));  // (N, d)
-    gemm(be, true, false, d, 2 * d, n, 1.0, dh, d, cat_, 2 * d, 1.0, g.eh_proj, 2 * d);      // dW_eh += dh'ᵀ cat
-    gemm(be, false, false, n, 2 * d, d, 1.0, dh, d, w.eh_proj, 2 * d, 0.0, dcat, 2 * d);     // dcat = dh' W_eh
+    lin_.wgrad(be, n, d, 2 * d, dh, cat_, g.eh_proj);        // dW_eh += dh'ᵀ cat
+    lin_.dgrad(be, n, d, 2 * d, dh, w.eh_proj, 0.0, dcat);   // dcat = dh' W_eh
     rmsnorm_backward(be, demb, d, g.enorm, dcat, 2 * d, emb_, d, w.enorm, rstd_e_, n, d, false);
     rmsnorm_backward(be, dh_prev, d, g.hnorm, dcat + d, 2 * d, h_prev, d, w.hnorm, rstd_h_, n, d, accumulate_prev);
     for (std::int64_t b = 0; b < batch; ++b)  // the zero rows had no id and send nothing back
@@ -198,7 +209,8 @@ class mtp_module {
                 "): a gradient (embed, enorm, hnorm, eh_proj, head_norm or head) is null");
   }
 
-  decoder_block<T> block_;
+  decoder_block<T, Fp8> block_;
+  linear_gemm<Fp8> lin_;
   int depth_;
   std::int64_t hidden_, vocab_;
   double eps_;

@@ -27,6 +27,10 @@
 // model/params.hpp. All tensor memory belongs to the backend; the host only sees tokens, losses and
 // whatever it explicitly downloads.
 //
+// With precision_policy::fp8_linear (precision::fp8_v3) every Linear of the layers and MTP modules runs
+// its forward and both backward GEMMs in FP8 block scaling (layers/linear.hpp), from one workspace in the
+// activation arena sized for the largest Linear; the embedding, the head and the routers do not.
+//
 // The layer stack runs over a range of layers (`stack`, from config/parallel.hpp's stage_layers) so that
 // a pipeline stage later owns a sub-range; this version runs the single-rank layout: one stage holding
 // every layer, all experts local.
@@ -57,6 +61,8 @@ class transformer {
   static_assert(P.param == P.activation && P.param == P.grad,
                 "dsx::transformer: this version keeps weights, activations and gradients in one storage type "
                 "(precision::f64, f32, bf16_uniform or bf16_master; the optimizer may keep an f32 master copy)");
+  static_assert(!P.fp8_linear || P.param == dtype::f32 || P.param == dtype::bf16,
+                "dsx::transformer: FP8 Linears (precision_policy::fp8_linear) quantise from f32 or bf16 storage");
 
  public:
   using backend_type = Backend;
@@ -404,12 +410,12 @@ class transformer {
             grad(param_kind::mtp_head, l)};
   }
   // The MoE layer of decoder layer `layer` (main stack or MTP block).
-  moe<T>& moe_layer(int layer) {
+  moe<T, P.fp8_linear>& moe_layer(int layer) {
     require(layer >= 0 && layer < C.layers + C.mtp_depth,
             "transformer: layer " + std::to_string(layer) + " is outside 0.." +
                 std::to_string(C.layers + C.mtp_depth - 1));
     require(C.is_moe_layer(layer), "transformer: layer " + std::to_string(layer) + " is not an MoE layer");
-    moe<T>* m = layer < C.layers ? blocks_[std::size_t(layer)].sparse() : mtp_[std::size_t(layer - C.layers)].sparse();
+    moe<T, P.fp8_linear>* m = layer < C.layers ? blocks_[std::size_t(layer)].sparse() : mtp_[std::size_t(layer - C.layers)].sparse();
     return *m;
   }
   // Row of MoE layer `layer` in the load accumulator.
@@ -494,6 +500,17 @@ class transformer {
     const auto tokens = plan.reserve<std::int32_t>(n, "tokens"), targets = plan.reserve<std::int32_t>(n, "targets");
     const auto dres = plan.reserve<T>(n * d, "dres"), dxn = plan.reserve<T>(n * d, "dxn");
     const auto scratch_slot = plan.reserve<std::byte>(std::int64_t(scratch), "scratch");
+    // The FP8 Linears' quantised operands, sized for the largest Linear (layers/linear.hpp).
+    fp8_workspace_size fp8_size;
+    std::size_t fp8_qa = 0, fp8_sa = 0, fp8_qb = 0, fp8_sb = 0;
+    if constexpr (P.fp8_linear) {
+      for (const auto& b : blocks_) b.fp8_workspace_need(fp8_size, n);
+      for (const auto& m : mtp_) m.fp8_workspace_need(fp8_size, n);
+      fp8_qa = plan.reserve<fp8_e4m3>(fp8_size.elems, "fp8.a");
+      fp8_sa = plan.reserve<float>(fp8_size.scales, "fp8.a_scales");
+      fp8_qb = plan.reserve<fp8_e4m3>(fp8_size.elems, "fp8.b");
+      fp8_sb = plan.reserve<float>(fp8_size.scales, "fp8.b_scales");
+    }
 
     acts_ = arena<Backend>(be_, plan.bytes());
     for (auto s : res_slots) res_.push_back(acts_.template at<T>(plan, s));
@@ -513,6 +530,13 @@ class transformer {
     shifted_ = {tokens_, targets_};
     for (auto s : shifted_slots) shifted_.push_back(acts_.template at<std::int32_t>(plan, s));
     for (auto s : mtp_grad_slots) mtp_grad_.push_back(acts_.template at<T>(plan, s));
+    if constexpr (P.fp8_linear) {
+      const fp8_workspace ws{acts_.template at<fp8_e4m3>(plan, fp8_qa), acts_.template at<float>(plan, fp8_sa),
+                             acts_.template at<fp8_e4m3>(plan, fp8_qb), acts_.template at<float>(plan, fp8_sb),
+                             fp8_size.elems, fp8_size.scales};
+      for (auto& b : blocks_) b.use_fp8_workspace(ws);
+      for (auto& m : mtp_) m.use_fp8_workspace(ws);
+    }
   }
 
   void final_forward(std::int64_t n) {
@@ -532,7 +556,7 @@ class transformer {
   arena<Backend> params_, grads_, rope_mem_, acts_, load_mem_;
   A* cos_ = nullptr;
   A* sin_ = nullptr;
-  std::vector<decoder_block<T>> blocks_;
+  std::vector<decoder_block<T, P.fp8_linear>> blocks_;
   std::vector<T*> res_;  // residual stream at the input of each layer, and after the last: (N, d) each
   T* xf_ = nullptr;      // (N, d) final norm output
   A* rstd_f_ = nullptr;
@@ -544,7 +568,7 @@ class transformer {
   T* dres_ = nullptr;    // (N, d) gradient of the residual stream
   T* dxn_ = nullptr;     // (N, d) gradient at a norm's output
   std::byte* scratch_ = nullptr;
-  std::vector<mtp_module<T>> mtp_;           // module k at index k − 1
+  std::vector<mtp_module<T, P.fp8_linear>> mtp_;          // module k at index k − 1
   std::vector<T*> mtp_h_;                    // (N, d) h^k of module k at index k − 1
   std::vector<std::int32_t*> shifted_;       // (N) tokens shifted by j at index j = 0..D+1, −1 where none
   std::vector<T*> mtp_grad_;                 // (N, d) output gradients of modules k and k − 1
