@@ -6,13 +6,18 @@
 // gemm_fp8 computes C (m, n) = A (m, k) · B (n, k)ᵀ (+ beta · C) as a Linear does (A activations, B
 // weights, or in a weight gradient both activation-like, see fp8_block::scaling):
 //   C[i, j] = Σ_kb ( Σ_{k in block kb} float(a[i, k]) · float(b[j, k]) ) · a_s[i, kb] · b_s(j, kb)
-// with the inner dot in f32, accumulated in f32 block after block in increasing kb, then stored as T;
-// gemm_fp8_block is its forward form (B in 128×128 blocks, beta 0).
+// with the inner dot in f32 and the promotion to f32 per block, as the GPU's kernels do (the host computes
+// the same value by one f32 GEMM, see gemm_fp8), then stored as T; gemm_fp8_block is the forward form (B
+// in 128×128 blocks, beta 0).
 #pragma once
+
+#include <cblas.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
+#include <vector>
 
 #include "dsx/backend/host/host.hpp"
 #include "dsx/core/fp8_block.hpp"
@@ -105,7 +110,10 @@ void dequantize_weight_128x128(host&, T* w, const fp8_e4m3* q, const float* scal
 }
 
 // C (m, n) = A (m, k) · B (n, k)ᵀ + beta · C from 1×128-scaled A and B scaled as `b_mode` says
-// (core/fp8_block.hpp); with beta = 0, C is not read. The top of this file has the formula.
+// (core/fp8_block.hpp); with beta = 0, C is not read. Every scale multiplies one row of one 128-wide K
+// block of one operand, so the formula at the top equals the GEMM of the dequantised operands; the host
+// computes that as one f32 CBLAS GEMM of float(q) · s (one rounding per dequantised value, then f32
+// sums in BLAS's order), within f32 rounding of the formula, and fast enough to train with.
 template <class T>
 void gemm_fp8(host&, std::int64_t m, std::int64_t n, std::int64_t k, const fp8_e4m3* a, const float* a_scales,
               const fp8_e4m3* b, const float* b_scales, fp8_block::scaling b_mode, float beta, T* c) {
@@ -118,20 +126,36 @@ void gemm_fp8(host&, std::int64_t m, std::int64_t n, std::int64_t k, const fp8_e
   fb::require_pointer("gemm_fp8: B", b, n * k);
   fb::require_pointer("gemm_fp8: B scales", b_scales, fb::b_scale_count(b_mode, n, k));
   fb::require_pointer("gemm_fp8: C", c, m * n);
-#pragma omp parallel for collapse(2) schedule(static)
+  if (m == 0 || n == 0) return;
+  // The calling thread's buffers, reached through pointers inside the OpenMP loops (a thread_local named
+  // there would be each worker's own).
+  thread_local std::vector<float> buffers[3];
+  buffers[0].resize(std::size_t(m * k));
+  buffers[1].resize(std::size_t(n * k));
+  float* da = buffers[0].data();
+  float* db = buffers[1].data();
+#pragma omp parallel for schedule(static)
   for (std::int64_t i = 0; i < m; ++i)
-    for (std::int64_t j = 0; j < n; ++j) {
-      const fp8_e4m3* ar = a + i * k;
-      const fp8_e4m3* br = b + j * k;
-      float acc = 0;
-      for (std::int64_t blk = 0; blk < kb; ++blk) {
-        const std::int64_t k0 = blk * fb::block, k1 = std::min(k, k0 + fb::block);
-        float dot = 0;
-        for (std::int64_t t = k0; t < k1; ++t) dot += float(ar[t]) * float(br[t]);
-        acc += dot * a_scales[i * kb + blk] * b_scales[fb::b_scale_index(b_mode, j, kb, blk)];
-      }
-      c[i * n + j] = convert<T>(beta == 0.0f ? acc : acc + beta * convert<float>(c[i * n + j]));
-    }
+    for (std::int64_t t = 0; t < k; ++t) da[i * k + t] = float(a[i * k + t]) * a_scales[i * kb + t / fb::block];
+#pragma omp parallel for schedule(static)
+  for (std::int64_t j = 0; j < n; ++j)
+    for (std::int64_t t = 0; t < k; ++t)
+      db[j * k + t] = float(b[j * k + t]) * b_scales[fb::b_scale_index(b_mode, j, kb, t / fb::block)];
+  float* dc = nullptr;
+  if constexpr (!std::is_same_v<T, float>) {
+    buffers[2].resize(std::size_t(m * n));
+    dc = buffers[2].data();
+  }
+  float* out = std::is_same_v<T, float> ? reinterpret_cast<float*>(c) : dc;
+  // k = 0: BLAS leaves C alone when k is 0 and beta is 1, and scales it by beta otherwise; the sum is 0.
+  const int ld = int(std::max<std::int64_t>(k, 1));
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(m), int(n), int(k), 1.0f, da, ld, db, ld,
+              std::is_same_v<T, float> ? beta : 0.0f, out, int(n));
+  if constexpr (!std::is_same_v<T, float>) {
+#pragma omp parallel for schedule(static)
+    for (std::int64_t e = 0; e < m * n; ++e)
+      c[e] = convert<T>(beta == 0.0f ? dc[e] : dc[e] + beta * convert<float>(c[e]));
+  }
 }
 
 // C (m, n) = A (m, k) · B (n, k)ᵀ from 1×128-scaled activations A and 128×128-scaled weights B.
