@@ -47,17 +47,11 @@ struct fp8_workspace_size {
       scales = std::max(scales, s[0] * fp8_block::blocks(s[1]));
     }
   }
-  void merge(const fp8_workspace_size& o) {
-    elems = std::max(elems, o.elems);
-    scales = std::max(scales, o.scales);
-  }
 };
 
 template <bool Fp8>
 class linear_gemm {
  public:
-  static constexpr bool fp8 = Fp8;
-
   // The workspace of the FP8 form (ignored by the other): memory owned by the caller, alive while this is
   // used; the descriptor is copied.
   void use(const fp8_workspace& ws) { ws_ = ws; }
